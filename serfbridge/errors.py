@@ -1,0 +1,83 @@
+"""Every error serfbridge raises, and the exit code the CLI maps it to.
+
+::
+
+    SerfbridgeError                 exit 1
+    ├── ConfigError                 exit 3  invalid or unreadable configuration
+    ├── InputError                  exit 4  bad event input (env or stdin); the raw input is kept
+    │   └── InputTruncated          exit 5  stdin over max_input_bytes; the event is kept, cut
+    ├── SpoolError                  exit 6  the spool could not store an event (disk full, perms)
+    ├── SinkError                           a sink failed to deliver (handled by the deliverer)
+    │   ├── SinkUnavailable                 retryable: network error, timeout, 5xx/408/429
+    │   └── SinkRejected                    not retryable: the receiver refused this event
+    └── SerfError                   exit 7  talking to the Serf agent failed
+        ├── SerfUnavailable                 retryable: agent down, connection reset, timeout
+        └── SerfCommandError                the agent answered with an error
+
+Only ``serfbridge.cli`` turns these into a log line and an exit code.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_INPUT = 4
+EXIT_TRUNCATED = 5
+EXIT_SPOOL = 6
+EXIT_SERF = 7
+
+
+class SerfbridgeError(Exception):
+    exit_code = EXIT_INTERNAL
+
+
+class ConfigError(SerfbridgeError):
+    exit_code = EXIT_CONFIG
+
+
+class InputError(SerfbridgeError):
+    exit_code = EXIT_INPUT
+
+
+class InputTruncated(InputError):
+    exit_code = EXIT_TRUNCATED
+
+
+class SpoolError(SerfbridgeError):
+    exit_code = EXIT_SPOOL
+
+
+class SinkError(SerfbridgeError):
+    """A delivery failed; ``retryable`` says whether trying again may succeed."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SinkUnavailable(SinkError):
+    retryable = True
+
+
+class SinkRejected(SinkError):
+    retryable = False
+
+
+class SerfError(SerfbridgeError):
+    exit_code = EXIT_SERF
+
+
+class SerfUnavailable(SerfError):
+    pass
+
+
+class SerfCommandError(SerfError):
+    """The agent refused a command; ``str(exc)`` is Serf's message, ``command`` the command."""
+
+    def __init__(self, message: str, *, command: str = "") -> None:
+        super().__init__(message)
+        self.command = command
