@@ -1,0 +1,33 @@
+"""Sinks, one module each, found by literal import.
+
+PyInstaller follows literal ``from .x import Y`` statements; it cannot see directory scans or
+import strings. Importing inside the loader also keeps every sink off the handler's start-up.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .base import Sink
+
+SINK_TYPES = ("file", "webhook", "mqtt", "redis")
+
+
+def sink_class(sink_type: str) -> type[Sink]:
+    if sink_type == "file":
+        from .file import FileSink
+
+        return FileSink
+    if sink_type == "webhook":
+        from .webhook import WebhookSink
+
+        return WebhookSink
+    if sink_type == "mqtt":
+        from .mqtt import MqttSink
+
+        return MqttSink
+    if sink_type == "redis":
+        from .redis import RedisSink
+
+        return RedisSink
+    raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")

@@ -1,0 +1,69 @@
+"""What every sink shares: the config fields and the delivery interface.
+
+A sink is opened once by the deliverer, sends one event at a time, and is closed at the end.
+``send`` returns nothing on success and raises ``SinkUnavailable`` (worth retrying) or
+``SinkRejected`` (the receiver refused this event; it goes to the dead-letter store).
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import filters
+
+
+class SinkConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Unique sink name; also its spool directory name.",
+    )
+    events: str = Field(default="*", description="Serf event filter, e.g. member-join,user:deploy")
+    once: bool = Field(
+        default=False, description="Forward each event from exactly one node of the cluster."
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _valid_filter(cls, value: str) -> str:
+        filters.parse(value)
+        return value
+
+
+class Sink:
+    """Base class; subclasses override ``open``, ``send`` and ``close``."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name: str = config.name
+
+    def open(self) -> None:
+        """Connect. Raise SinkUnavailable when the far end cannot be reached."""
+
+    def send(self, event: dict[str, Any], body: bytes) -> None:
+        """Deliver one event; ``body`` is the canonical JSON document of ``event``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; never raises."""
+
+    def check(self) -> None:
+        """Prove the sink is reachable (``serfbridge check --connect``)."""
+        self.open()
+        self.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
