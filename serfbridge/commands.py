@@ -1,0 +1,169 @@
+"""Every subcommand except the bare handler (see ``cli.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__, log, paths
+from .errors import EXIT_OK, EXIT_USAGE, SerfbridgeError
+
+EXIT_PENDING = 8
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse prints usage and exits 2; keep that
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"serfbridge: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import version_text
+
+    parser = _Parser(
+        prog="serfbridge",
+        description="Serf event handler and bridge. Run bare as `serf agent -event-handler "
+        "serfbridge`: it reads SERF_* variables and stdin and records the event.",
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: $SERFBRIDGE_CONFIG, then {paths.default_config_path()})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser("handle", help="handle one event from SERF_* and stdin (the default)")
+    check = sub.add_parser("check", help="validate the configuration")
+    check.add_argument("--connect", action="store_true", help="also connect to every sink")
+    sub.add_parser("schema", help="print the JSON Schema of the event document")
+    sub.add_parser("deliver", help="run the deliverer in the foreground until the spool drains")
+    flush = sub.add_parser("flush", help="deliver everything pending now")
+    flush.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    spool = sub.add_parser("spool", help="list, retry or purge queued and dead-lettered events")
+    spool.add_argument("action", choices=["list", "retry", "purge"])
+    spool.add_argument("entries", nargs="*", help="entry names (default: all)")
+    spool.add_argument("--sink", help="only this sink")
+    which = spool.add_mutually_exclusive_group()
+    which.add_argument("--dead", action="store_true", help="dead letters (default for retry)")
+    which.add_argument("--queue", action="store_true", help="pending entries")
+    which.add_argument("--rejected", action="store_true", help="input that could not be parsed")
+    demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--dir", help="working directory (default: a new temporary one)")
+    return parser
+
+
+def _settings(config: str | None) -> Any:
+    from .config import load_settings
+
+    path = paths.config_path(config)
+    named = config or os.environ.get("SERFBRIDGE_CONFIG")
+    if not os.path.exists(path):
+        if named:
+            from .errors import ConfigError
+
+            raise ConfigError(f"config file {path} does not exist")
+        return load_settings(None)
+    return load_settings(path)
+
+
+def _configure_log(settings: Any) -> None:
+    state = os.path.abspath(os.path.expanduser(settings.state_dir))
+    log.configure(settings.log_file or os.path.join(state, "serfbridge.log"), settings.log_level)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    path = paths.config_path(args.config)
+    source = path if os.path.exists(path) else "built-in defaults (no config file)"
+    print(f"config: {source}: ok")
+    print(f"state_dir: {settings.state_dir}")
+    failures = 0
+    for sink in settings.effective_sinks():
+        line = f"sink {sink.name}: type={sink.type} events={sink.events}" + (
+            " once" if sink.once else ""
+        )
+        if args.connect:
+            from .sinks import sink_class
+
+            try:
+                sink_class(sink.type)(sink).check()
+                line += ": reachable"
+            except SerfbridgeError as exc:
+                failures += 1
+                line += f": UNREACHABLE: {exc}"
+        print(line)
+    for responder in settings.responders:
+        kind = "text" if responder.text is not None else "command"
+        print(f"responder {responder.query}: {kind}")
+    return EXIT_OK if not failures else 6
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    from .schema import EVENT_SCHEMA
+
+    print(json.dumps(EVENT_SCHEMA, indent=2))
+    return EXIT_OK
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from .deliver import serve
+
+    settings = _settings(args.config)
+    _configure_log(settings)
+    serve(settings)
+    return EXIT_OK
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from .deliver import flush
+
+    settings = _settings(args.config)
+    _configure_log(settings)
+    left = flush(settings, args.timeout)
+    print(f"{left} event(s) still pending" if left else "spool empty")
+    return EXIT_OK if not left else EXIT_PENDING
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    from . import spoolcmd
+
+    settings = _settings(args.config)
+    return spoolcmd.run(settings, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.nodes, args.dir)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "schema": cmd_schema,
+    "deliver": cmd_deliver,
+    "flush": cmd_flush,
+    "spool": cmd_spool,
+    "demo": cmd_demo,
+}
+
+
+def run_command(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in (None, "handle"):
+        from . import handler
+
+        if "SERF_EVENT" not in os.environ:
+            sys.stderr.write("serfbridge: SERF_EVENT is not set; nothing to handle\n")
+            return EXIT_USAGE
+        return handler.run(args.config)
+    if args.command != "deliver":
+        log.to_stderr_until_configured()
+    return COMMANDS[args.command](args)
+
+
+__all__ = ["EXIT_PENDING", "__version__", "run_command"]

@@ -1,0 +1,170 @@
+"""The capture path: one Serf event in, recorded durably, out in a few milliseconds.
+
+See docs/design.md for why nothing here imports more than C builtins on the common path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import compiled, filters, jsonenc, log, parse, paths, spool
+from .appendfile import append_record
+from .errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._types import Compiled, EventDoc
+
+DEFAULT_MAX_INPUT = 4 * 1024 * 1024
+
+
+def read_stdin(limit: int) -> tuple[bytes, bool]:
+    """Read at most ``limit`` bytes; the flag says whether more was offered."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.setmode(0, os.O_BINARY)
+    try:
+        if os.isatty(0):
+            # Run by hand at a terminal: there is no payload to wait for.
+            return b"", False
+    except OSError:
+        return b"", False
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        try:
+            chunk = os.read(0, min(1 << 16, limit + 1 - total))
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    data = b"".join(chunks)
+    if total > limit:
+        return data[:limit], True
+    return data, False
+
+
+def _exact_tags(cfg: Compiled, doc: EventDoc) -> None:
+    """Replace tags parsed from member lines (ambiguous with ``,``/``=`` in values) by the
+    agent's own, for members the agent still knows."""
+    serf = cfg["serf"]
+    from .errors import SerfError
+    from .rpc import SerfRPC
+
+    try:
+        with SerfRPC(serf["rpc_addr"] or "", serf["rpc_auth"], timeout=serf["rpc_timeout"]) as rpc:
+            known = {m.name: m for m in rpc.members()}
+    except SerfError as exc:
+        log.warning("exact_tags: agent not reachable, keeping parsed tags", error=str(exc))
+        return
+    for member in doc["members"]:
+        exact = known.get(member["name"])
+        if exact is not None and exact.addr == member["addr"]:
+            member["tags"] = dict(sorted(exact.tags.items()))
+            member["role"] = exact.tags.get("role", "")
+    doc["id"] = parse.member_event_id(doc["event"], doc["members"])
+
+
+def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
+    """Append to file sinks inline; spool the event for every other matching sink."""
+    spooled: list[str] = []
+    line = b""
+    for sink in cfg["sinks"]:
+        if not filters.matches(sink["filter"], doc["event"], doc["name"]):
+            continue
+        if sink["type"] == "file" and not sink.get("once"):
+            line = line or (event_json + "\n").encode("utf-8")
+            try:
+                append_record(sink["path"], line, fsync=sink.get("fsync", False))
+                continue
+            except OSError as exc:
+                log.warning(
+                    "file sink failed, spooling the event", sink=sink["name"], error=str(exc)
+                )
+        spooled.append(sink["name"])
+    if not spooled:
+        return EXIT_OK
+    state_dir = cfg["state_dir"]
+    try:
+        spool.capture(state_dir, spooled, event_json)
+    except OSError as exc:
+        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
+        return EXIT_SPOOL
+    if cfg["spawn_deliverer"]:
+        try:
+            if not spool.deliverer_running(state_dir):
+                spool.spawn_deliverer(config_arg)
+        except OSError as exc:
+            # The event is safe in the spool; the next handler run or `flush` delivers it.
+            log.error("cannot start the deliverer", error=str(exc))
+    return EXIT_OK
+
+
+def _without_config(exc: ConfigError, environ: Mapping[str, str], received: float) -> int:
+    """An unusable config must not lose the event: keep it raw in the default state dir."""
+    if environ.get("SERF_EVENT") != "query":
+        log.to_stderr_until_configured()
+    log.error("configuration error; event kept in rejected/", error=str(exc))
+    data, _ = read_stdin(DEFAULT_MAX_INPUT)
+    try:
+        spool.reject(paths.default_state_dir(), f"config: {exc}", dict(environ), data, received)
+    except OSError as err:
+        log.error("cannot keep the rejected event", error=str(err))
+    return exc.exit_code
+
+
+def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None) -> int:
+    received = time.time()
+    env = os.environ if environ is None else environ
+    is_query = env.get("SERF_EVENT") == "query"
+    try:
+        cfg = compiled.load(config_arg)
+    except ConfigError as exc:
+        return _without_config(exc, env, received)
+    log.configure(cfg["log_file"], cfg["log_level"])
+    if is_query:
+        log.silence()
+
+    data, truncated = read_stdin(cfg["max_input_bytes"])
+    try:
+        doc = parse.parse_event(env, data, received, truncated=truncated)
+    except InputError as exc:
+        log.error("bad event input; kept in rejected/", error=str(exc))
+        try:
+            spool.reject(cfg["state_dir"], str(exc), dict(env), data, received)
+        except OSError as err:
+            log.error("cannot keep the rejected input", error=str(err))
+        return exc.exit_code
+
+    if cfg["serf"]["exact_tags"] and doc["members"]:
+        _exact_tags(cfg, doc)
+    event_json = jsonenc.dumps(doc)
+    status = route(cfg, doc, event_json, config_arg)
+
+    if is_query:
+        from . import respond
+
+        responder = respond.find(cfg["responders"], doc["name"])
+        if responder is not None:
+            answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
+            os.write(1, answer)
+
+    if truncated:
+        from .errors import InputTruncated
+
+        log.error(
+            "stdin exceeded max_input_bytes; event recorded with truncated=true",
+            limit=cfg["max_input_bytes"],
+            id=doc["id"],
+        )
+        return InputTruncated.exit_code
+    if status == EXIT_OK:
+        log.debug("event captured", id=doc["id"], event=doc["event"], name=doc["name"])
+    return status
