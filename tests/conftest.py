@@ -1,0 +1,141 @@
+"""Fixtures that start real processes on 127.0.0.1 free ports and always tear them down."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
+from support.serf import SerfCluster, serf_binary
+from support.servers import BlackholeServer, HttpReceiver, Mosquitto, RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from support.serf import SerfClusterFactory
+
+# Read before the autouse fixture scrubs SERFBRIDGE_* from the environment: this one selects
+# the binary under test (e.g. the PyInstaller build in CI), it is not serfbridge configuration.
+_SERFBRIDGE_BIN = os.environ.get("SERFBRIDGE_BIN")
+
+
+@pytest.fixture(autouse=True)
+def _scrub_serf_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the developer's SERF_* / SERFBRIDGE_* variables out of every test and child."""
+    for name in list(os.environ):
+        if name.startswith(SCRUBBED_PREFIXES):
+            monkeypatch.delenv(name)
+
+
+def _require(make: Callable[[], str]) -> str:
+    try:
+        return make()
+    except MissingBinaryError as exc:
+        # A missing binary is a broken test environment, never a reason to skip.
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def serf_bin() -> str:
+    """Absolute path of the `serf` binary (fails the test if it is not installed)."""
+    return _require(serf_binary)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port, stopped after the test."""
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except MissingBinaryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh anonymous mosquitto broker on a free port, stopped after the test."""
+    try:
+        broker = Mosquitto(tmp_path / "mosquitto")
+    except MissingBinaryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[HttpReceiver]:
+    """An in-process HTTP server that records requests and answers per its plan."""
+    with HttpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def blackhole() -> Iterator[BlackholeServer]:
+    """A TCP listener that accepts and never answers."""
+    with BlackholeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def serf_cluster(tmp_path: Path, serf_bin: str) -> Iterator[SerfClusterFactory]:
+    """Factory: `serf_cluster(n, handler, env_for=..., tags_for=..., config=...)`.
+
+    Agents live in tmp_path/<node> (a second cluster in the same test uses
+    tmp_path/cluster2/<node>); every agent started through it is stopped at teardown.
+    """
+    clusters: list[SerfCluster] = []
+
+    def start(
+        n: int = 3,
+        handler: str | Sequence[str] | None = None,
+        *,
+        env_for: Callable[[str], Mapping[str, str]] | None = None,
+        tags_for: Callable[[str], Mapping[str, str]] | None = None,
+        config: Mapping[str, object] | None = None,
+        timeout: float = 30.0,
+    ) -> SerfCluster:
+        base = tmp_path if not clusters else tmp_path / f"cluster{len(clusters) + 1}"
+        cluster = SerfCluster(base, serf_bin=serf_bin)
+        clusters.append(cluster)
+        return cluster.start(
+            n, handler, env_for=env_for, tags_for=tags_for, config=config, timeout=timeout
+        )
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
+@pytest.fixture
+def serfbridge_cmd() -> list[str]:
+    """argv that runs serfbridge: $SERFBRIDGE_BIN, else the venv's script, else `python -m`."""
+    if _SERFBRIDGE_BIN:
+        return [_SERFBRIDGE_BIN]
+    script = shutil.which("serfbridge", path=str(Path(sys.executable).parent))
+    if script is not None:
+        return [script]
+    return [sys.executable, "-m", "serfbridge"]
+
+
+@pytest.fixture
+def serfbridge_handler(serfbridge_cmd: list[str]) -> str:
+    """serfbridge_cmd as one shell string for `-event-handler` (Serf runs it with /bin/sh -c).
+
+    Serf splits a handler spec at its first `=`, so a spec without a filter must not contain
+    one; prefix a filter (`*=` or `user=`) when the path might.
+    """
+    return shlex.join(serfbridge_cmd)
