@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 # Read before the autouse fixture scrubs SERFBRIDGE_* from the environment: this one selects
 # the binary under test (e.g. the PyInstaller build in CI), it is not serfbridge configuration.
 _SERFBRIDGE_BIN = os.environ.get("SERFBRIDGE_BIN")
+# CI sets this: a skipped test there hides a missing server or binary, so it fails instead.
+_REQUIRE_ALL = os.environ.get("SERFBRIDGE_REQUIRE_ALL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if _REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under SERFBRIDGE_REQUIRE_ALL=1: {report.longrepr}"
 
 
 @pytest.fixture(autouse=True)

@@ -137,11 +137,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, receiver: HttpReceiver) -> None:
+    allow_reuse_address = True
+
+    def __init__(self, receiver: HttpReceiver, port: int = 0) -> None:
         self.receiver = receiver
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__((LOOPBACK, 0), _Handler)
+        super().__init__((LOOPBACK, port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
@@ -251,7 +253,8 @@ class HttpReceiver:
         self.port = 0
 
     def start(self) -> HttpReceiver:
-        self._server = _Server(self)
+        """Listen; after a stop(), on the same port again (outage tests)."""
+        self._server = _Server(self, self.port)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
