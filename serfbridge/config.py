@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import filters, paths
 from .errors import ConfigError
+from .sinks import SINK_TYPES
 from .sinks.file import FileSinkConfig
 from .sinks.mqtt import MqttSinkConfig
 from .sinks.redis import RedisSinkConfig
@@ -153,11 +154,27 @@ class Settings(BaseSettings):
         return [FileSinkConfig(type="file", name=DEFAULT_SINK_NAME, path=path)]
 
 
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``("sinks", 0, "webhook", "url")`` -> ``sinks[0] (webhook).url``."""
+    out = ""
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if parts and out.startswith("sinks") and parts[0] in SINK_TYPES:
+                out += f" ({parts.pop(0)})"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = _location(err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}")
     return f"invalid configuration in {source}:\n" + "\n".join(lines)
 
