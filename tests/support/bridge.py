@@ -48,8 +48,9 @@ class BridgeNode:
     def wait_event(
         self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float = 20.0
     ) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            return next((e for e in self.events() if match(e)), None)
+        def found() -> dict[str, Any]:
+            # An empty dict is falsy: wait_for keeps polling until a match turns up.
+            return next((e for e in self.events() if match(e)), {})
 
         return wait_for(found, timeout=timeout, what=f"{self.name}: {what}", detail=self.log_tail)
 
