@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import filters, paths
+from . import filters, paths, render
 from .errors import ConfigError
 from .sinks import SINK_TYPES
 from .sinks.file import FileSinkConfig
@@ -89,6 +89,11 @@ class ResponderConfig(_Section):
         default=None, min_length=1, description="argv of a program whose stdout is the answer."
     )
     timeout: float = Field(default=2.5, gt=0, le=300)
+
+    @field_validator("text")
+    @classmethod
+    def _known_fields(cls, value: str | None) -> str | None:
+        return None if value is None else render.validate(value)
 
     @model_validator(mode="after")
     def _one_answer(self) -> ResponderConfig:

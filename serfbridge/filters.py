@@ -1,5 +1,6 @@
 """Serf's event filter syntax, exactly as ``serf agent -event-handler`` parses it.
 
+Spaces around terms are ignored (Serf would reject them).
 ``*`` (or empty) matches everything; ``member-join,member-leave`` lists types;
 ``user:deploy`` and ``query:load`` name one user event or query; ``user`` or ``user:``
 matches every user event. Names match exactly, as in Serf (no globs).

@@ -164,7 +164,8 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
             limit=cfg["max_input_bytes"],
             id=doc["id"],
         )
-        return InputTruncated.exit_code
+        # Serf discards a query handler's output when it exits non-zero: keep the answer.
+        return status if is_query else InputTruncated.exit_code
     if status == EXIT_OK:
         log.debug("event captured", id=doc["id"], event=doc["event"], name=doc["name"])
     return status

@@ -40,6 +40,14 @@ def rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
+def _text(value: str) -> str:
+    """Environment values are bytes to the OS; Python decodes undecodable ones to lone
+    surrogates, which cannot be written as UTF-8. They become U+FFFD instead."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _unescape(text: str) -> str:
     # Reverses Serf's eventClean; a literal backslash-t in a tag cannot be told apart.
     return text.replace("\\t", "\t").replace("\\n", "\n")
@@ -102,13 +110,13 @@ def node_from_env(environ: Mapping[str, str]) -> Node:
     """The node running the handler. Serf upper-cases tag names and turns every character
     outside ``[A-Z0-9_]`` into ``_``; names are lower-cased back, the rest cannot be undone."""
     tags = {
-        key[len(_TAG_PREFIX) :].lower(): value
+        _text(key[len(_TAG_PREFIX) :].lower()): _text(value)
         for key, value in environ.items()
         if key.startswith(_TAG_PREFIX)
     }
     return {
-        "name": environ.get("SERF_SELF_NAME", ""),
-        "role": environ.get("SERF_SELF_ROLE", ""),
+        "name": _text(environ.get("SERF_SELF_NAME", "")),
+        "role": _text(environ.get("SERF_SELF_ROLE", "")),
         "tags": dict(sorted(tags.items())),
     }
 
@@ -136,13 +144,12 @@ def _ltime(environ: Mapping[str, str], var: str) -> int:
     raw = environ.get(var)
     if raw is None:
         raise InputError(f"{var} is not set")
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InputError(f"{var}={raw!r} is not an integer") from None
-    if value < 0:
+    # Serf writes plain decimal digits; int() alone would also take "+5", "1_000" or "٣".
+    if raw.isascii() and raw.isdigit():
+        return int(raw)
+    if raw.startswith("-") and raw[1:].isascii() and raw[1:].isdigit():
         raise InputError(f"{var}={raw!r} is negative")
-    return value
+    raise InputError(f"{var}={raw!r} is not an integer")
 
 
 def parse_event(
@@ -185,6 +192,7 @@ def parse_event(
         event_id = _digest(
             event.encode(), name.encode("utf-8", "surrogateescape"), b"%d" % ltime, data
         )
+        name = _text(name)
 
     return {
         "version": VERSION,

@@ -43,7 +43,10 @@ def fit(answer: bytes, budget: int) -> bytes:
     if len(answer) <= budget:
         return answer
     marker = f"\n[truncated by serfbridge: {len(answer)} bytes, limit {budget}]\n".encode()
-    keep = max(0, budget - len(marker))
+    if budget < len(marker) * 2:
+        # Too little room to say so: an answer cut short still beats one serf drops.
+        marker = b""
+    keep = budget - len(marker)
     # Cut on a character boundary so the kept text stays valid UTF-8.
     head = answer[:keep].decode("utf-8", "ignore").encode("utf-8")
     return head + marker

@@ -102,7 +102,9 @@ def reject(
         "env": {k: v for k, v in environ.items() if k.startswith("SERF_")},
         "stdin_base64": binascii.b2a_base64(stdin, newline=False).decode("ascii"),
     }
-    write_atomic(spool_dir(state_dir, "rejected"), name + ".json", jsonenc.dumps(record).encode())
+    # surrogateescape writes undecodable environment bytes back as they came: this is the raw copy.
+    data = jsonenc.dumps(record).encode("utf-8", "surrogateescape")
+    write_atomic(spool_dir(state_dir, "rejected"), name + ".json", data)
     return name
 
 
