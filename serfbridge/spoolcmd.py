@@ -37,6 +37,13 @@ def _reason(directory: str, name: str) -> dict[str, Any]:
         return {}
 
 
+def _drop_reason(directory: str, name: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, name[:-5] + ".reason"))
+    except FileNotFoundError:
+        pass
+
+
 def _list(state: str, kind: str, args: argparse.Namespace) -> int:
     if kind == "rejected":
         directory = spool_dir(state, "rejected")
@@ -72,10 +79,7 @@ def _retry(state: str, args: argparse.Namespace) -> int:
         os.makedirs(queue, exist_ok=True)
         for name in _entries(directory, args.entries):
             os.replace(os.path.join(directory, name), os.path.join(queue, name))
-            try:
-                os.unlink(os.path.join(directory, name[:-5] + ".reason"))
-            except FileNotFoundError:
-                pass
+            _drop_reason(directory, name)
             moved += 1
     print(f"{moved} event(s) moved back to the queue; run `serfbridge flush` to deliver now")
     return EXIT_OK
@@ -91,10 +95,7 @@ def _purge(state: str, kind: str, args: argparse.Namespace) -> int:
     for directory in dirs:
         for name in _entries(directory, args.entries):
             os.unlink(os.path.join(directory, name))
-            try:
-                os.unlink(os.path.join(directory, name[:-5] + ".reason"))
-            except FileNotFoundError:
-                pass
+            _drop_reason(directory, name)
             removed += 1
     print(f"{removed} {kind} event(s) removed")
     return EXIT_OK
