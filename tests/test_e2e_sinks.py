@@ -13,6 +13,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.bridge import bridge_nodes
+from support.handler import spool_files
 from support.ports import wait_for
 
 if TYPE_CHECKING:
@@ -162,6 +163,13 @@ def test_once_forwards_each_event_from_exactly_one_node(
 
         wait_for(lambda: posts("user"), timeout=20, what="the user event POST")
         wait_for(lambda: _by(_stream(redis_server.url), "user"), timeout=20, what="stream entry")
+        # Every node must have made its once decision before the crash: a deliverer whose own
+        # agent is gone cannot ask who is alive and forwards anyway (documented fail-open).
+        wait_for(
+            lambda: all(not spool_files(n, "incoming") for n in nodes.values()),
+            timeout=20,
+            what="every node to decide on the user event",
+        )
         cluster["n3"].kill9()
         wait_for(lambda: posts("member-failed"), timeout=30, what="the member-failed POST")
         time.sleep(3.0)  # duplicates from other nodes would arrive well within this
