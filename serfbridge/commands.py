@@ -72,7 +72,7 @@ def _settings(config: str | None) -> Any:
 
 
 def _configure_log(settings: Any) -> None:
-    state = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state = settings.state_path
     log.configure(settings.log_file or os.path.join(state, "serfbridge.log"), settings.log_level)
 
 

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
             seen.add(sink.name)
         return sinks
 
+    @property
+    def state_path(self) -> str:
+        """``state_dir`` with ``~`` expanded, made absolute: what every component uses."""
+        return os.path.abspath(os.path.expanduser(self.state_dir))
+
     def effective_sinks(self) -> list[Any]:
         """No ``sinks`` key at all means the embedded default: every event to one JSON file."""
         if self.sinks is not None:
@@ -216,7 +221,7 @@ def _reveal(value: Any) -> Any:
 
 def compile_settings(settings: Settings, source: str | None) -> Compiled:
     """The plain-data form the handler reads from the marshal cache."""
-    state_dir = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state_dir = settings.state_path
     sinks: list[SinkSpec] = []
     for sink in settings.effective_sinks():
         spec: Any = _reveal(sink.model_dump())

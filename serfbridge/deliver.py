@@ -182,7 +182,7 @@ class SinkWorker:
 
 class Deliverer:
     def __init__(self, settings: Settings, *, drain: bool = False) -> None:
-        self.state_dir = os.path.abspath(os.path.expanduser(settings.state_dir))
+        self.state_dir = settings.state_path
         self.settings = settings
         self.sinks = {s.name: s for s in settings.effective_sinks()}
         self.drain = drain
@@ -305,7 +305,7 @@ def serve(settings: Settings) -> None:
     and checks the spool second. Whatever the interleaving, one of them sees the other's
     work, so no entry waits for the next event.
     """
-    state_dir = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state_dir = settings.state_path
     while True:
         fd = acquire(state_dir)
         if fd is None:
@@ -325,7 +325,7 @@ def serve(settings: Settings) -> None:
 
 def flush(settings: Settings, timeout: float) -> int:
     """Deliver everything pending now; returns how many entries are still queued."""
-    state_dir = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state_dir = settings.state_path
     deadline = time.monotonic() + timeout
     fd = acquire(state_dir)
     if fd is None:
@@ -347,7 +347,7 @@ def flush(settings: Settings, timeout: float) -> int:
 
 
 def count_pending(settings: Settings) -> int:
-    state_dir = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state_dir = settings.state_path
     total = len(_json_files(spool_dir(state_dir, "incoming")))
     queue_root = spool_dir(state_dir, "queue")
     if os.path.isdir(queue_root):

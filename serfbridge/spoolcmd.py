@@ -102,7 +102,7 @@ def _purge(state: str, kind: str, args: argparse.Namespace) -> int:
 
 
 def run(settings: Any, args: argparse.Namespace) -> int:
-    state = os.path.abspath(os.path.expanduser(settings.state_dir))
+    state = settings.state_path
     kind = "queue" if args.queue else "rejected" if args.rejected else "dead"
     if args.action == "list":
         if not (args.queue or args.dead or args.rejected):
