@@ -62,15 +62,25 @@ class RedisServer(ManagedProcess):
 
 
 class Mosquitto(ManagedProcess):
-    """`mosquitto` with an anonymous listener on loopback and no persistence."""
+    """`mosquitto` with an anonymous listener on loopback.
+
+    With ``persistent=True`` the broker saves sessions and queued messages in ``workdir`` when
+    stopped (SIGTERM) and restores them on the next start, as a production broker would.
+    """
 
     def __init__(
-        self, workdir: Path, port: int | None = None, extra_config: Iterable[str] = ()
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_config: Iterable[str] = (),
+        *,
+        persistent: bool = False,
     ) -> None:
         super().__init__("mosquitto", workdir)
         self.binary = require_binary("mosquitto", "mosquitto")
         self.port = port or free_port()
         self.extra_config = list(extra_config)
+        self.persistent = persistent
         self.config_path = workdir / "mosquitto.conf"
 
     @property
@@ -85,7 +95,12 @@ class Mosquitto(ManagedProcess):
         lines = [
             f"listener {self.port} {LOOPBACK}",
             "allow_anonymous true",
-            "persistence false",
+            *(
+                # Started as root, mosquitto drops to its own user, which can't write here.
+                ["persistence true", f"persistence_location {self.workdir}/", "user root"]
+                if self.persistent
+                else ["persistence false"]
+            ),
             *self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
