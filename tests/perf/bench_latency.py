@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""End-to-end latency: from ``serf event`` on one agent to the webhook receiving the POST.
+
+Two real ``serf agent`` processes on 127.0.0.1 form a cluster. Both run the same handler,
+which POSTs every user event to a local HTTP receiver, tagging the path with the node name.
+A user event is raised through agent ``a``'s RPC (what ``serf event`` does) and the receiver
+notes when each node's POST arrives, so a row shows:
+
+* ``local``: the agent that raised the event runs its handler, which delivers;
+* ``remote``: the event crosses the cluster by gossip first.
+
+Handlers, each in its own cluster, one after the other:
+
+* ``bash+curl``: a bash script that ``exec``s curl, POSTing stdin (the reference forwarder);
+* ``serfbridge``: serfbridge with one webhook sink: captured to the spool by the handler,
+  POSTed by the background deliverer.
+
+Events are paced (``--interval``) so they do not queue behind each other; ``--burst`` sends
+them back to back instead, which shows what Serf's serial handler loop does under load.
+Times come from one process's ``time.monotonic()`` (the receiver runs in this process).
+Nothing here is asserted by the tests; compare rows within one run.
+
+Usage::
+
+    python tests/perf/bench_latency.py [--events N] [--interval S] [--burst]
+                                       [--serfbridge PATH] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from serfbridge.rpc import SerfRPC
+
+CURL_SCRIPT = """#!/bin/bash
+[ "$SERF_EVENT" = user ] || exit 0
+exec curl -s -m 2 -X POST -H 'Content-Type: application/json' --data-binary @- {url}
+"""
+NODES = ("a", "b")
+SETTLE_TIMEOUT = 30.0
+MEMBER_COALESCE = 4.0
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records the arrival time of each (node, event number) POST."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.arrivals: dict[tuple[str, int], float] = {}
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def record(self, node: str, seq: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.arrivals.setdefault((node, seq), now)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrivals)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        node = self.path.strip("/").split("/")[-1]
+        try:
+            seq = _seq(body)
+        except ValueError:
+            seq = -1
+        self.server.record(node, seq)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _seq(body: bytes) -> int:
+    """The event number: the payload itself (curl) or the document's payload (serfbridge)."""
+    text = body.decode().strip()
+    if text.startswith("{"):
+        doc = json.loads(text)
+        text = str(doc.get("payload", "")).strip()
+    return int(text)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench_latency: timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Cluster:
+    name: str
+    root: Path
+    handler_for: Any  # (node name) -> (handler command, extra env)
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    rpc_ports: dict[str, int] = field(default_factory=dict)
+
+    def start(self) -> None:
+        first_bind = ""
+        for node in NODES:
+            bind, rpc = free_port(), free_port()
+            command, env = self.handler_for(node)
+            argv = [
+                shutil.which("serf") or "serf",
+                "agent",
+                f"-node={self.name}-{node}",
+                f"-bind=127.0.0.1:{bind}",
+                f"-rpc-addr=127.0.0.1:{rpc}",
+                f"-event-handler={command}",
+                "-log-level=warn",
+            ]
+            if first_bind:
+                argv.append(f"-join={first_bind}")
+            log = (self.root / f"{self.name}-{node}.log").open("wb")
+            self.agents[node] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            )
+            self.rpc_ports[node] = rpc
+            first_bind = first_bind or f"127.0.0.1:{bind}"
+            wait(lambda rpc=rpc: _accepts(rpc), SETTLE_TIMEOUT, f"{node}'s RPC port")
+        wait(self._joined, SETTLE_TIMEOUT, "both agents alive in one cluster")
+        # Member events are coalesced for up to 3 s (SERF.md); let their handler runs pass so
+        # they don't queue in front of the measured events.
+        time.sleep(MEMBER_COALESCE)
+
+    def _joined(self) -> bool:
+        with SerfRPC(f"127.0.0.1:{self.rpc_ports['a']}") as rpc:
+            return sum(m.status == "alive" for m in rpc.members()) == len(NODES)
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in self.agents.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
+def serfbridge_handler(binary: str, root: Path, receiver: Receiver) -> Any:
+    def handler_for(node: str) -> tuple[str, dict[str, str]]:
+        state = root / f"sb-{node}"
+        state.mkdir()
+        conf = state / "serfbridge.toml"
+        conf.write_text(
+            f'state_dir = "{state}"\n'
+            "[[sinks]]\n"
+            'type = "webhook"\nname = "hook"\nevents = "user"\n'
+            f'url = "{receiver.url("/" + node)}"\n'
+        )
+        return binary, {"SERFBRIDGE_CONFIG": str(conf)}
+
+    return handler_for
+
+
+def curl_handler(root: Path, receiver: Receiver) -> Any:
+    def handler_for(node: str) -> tuple[str, dict[str, str]]:
+        script = root / f"curl-{node}.sh"
+        script.write_text(CURL_SCRIPT.format(url=receiver.url("/" + node)))
+        script.chmod(0o755)
+        return str(script), {}
+
+    return handler_for
+
+
+def measure(
+    cluster: Cluster, receiver: Receiver, events: int, interval: float, base: int
+) -> dict[str, list[float]]:
+    sent: dict[int, float] = {}
+    with SerfRPC(f"127.0.0.1:{cluster.rpc_ports['a']}") as rpc:
+        # Untimed: serfbridge validates and caches its config on the first event.
+        rpc.event("bench", str(base - 1).encode(), coalesce=False)
+        warm = {(node, base - 1) for node in NODES}
+        wait(lambda: warm <= receiver.arrivals.keys(), 60, "the warm-up event")
+        for i in range(events):
+            seq = base + i
+            sent[seq] = time.monotonic()
+            rpc.event("bench", str(seq).encode(), coalesce=False)
+            if interval:
+                time.sleep(interval)
+    expected = {(node, base + i) for node in NODES for i in range(events)}
+
+    def arrived() -> bool:
+        with receiver.lock:
+            return expected <= receiver.arrivals.keys()
+
+    wait(arrived, 60 + events * 0.5, f"{len(expected)} POSTs at the receiver")
+    out: dict[str, list[float]] = {"local": [], "remote": []}
+    with receiver.lock:
+        for seq, t0 in sent.items():
+            out["local"].append((receiver.arrivals[("a", seq)] - t0) * 1000)
+            out["remote"].append((receiver.arrivals[("b", seq)] - t0) * 1000)
+    return out
+
+
+def row(name: str, where: str, samples: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return {
+        "handler": name,
+        "node": where,
+        "n": len(samples),
+        "median_ms": statistics.median(samples),
+        "p90_ms": p90,
+        "max_ms": ordered[-1],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=30, help="events per handler (max 500)")
+    parser.add_argument("--interval", type=float, default=0.25, help="seconds between events")
+    parser.add_argument("--burst", action="store_true", help="no pause between events")
+    parser.add_argument("--serfbridge", help="serfbridge command (default: this venv's)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the agents' logs")
+    args = parser.parse_args(argv)
+    events = max(1, min(args.events, 500))
+    interval = 0.0 if args.burst else args.interval
+    if shutil.which("serf") is None or shutil.which("curl") is None:
+        print("bench_latency: needs serf and curl on PATH", file=sys.stderr)
+        return 2
+    script = Path(sys.executable).with_name("serfbridge")
+    if args.serfbridge:
+        binary = shlex.quote(os.path.abspath(args.serfbridge))
+    elif os.access(script, os.X_OK):
+        binary = shlex.quote(str(script))
+    else:
+        binary = f"{shlex.quote(sys.executable)} -m serfbridge"
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        root = Path(args.keep or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        handlers = [
+            ("bash+curl", curl_handler(root, receiver)),
+            ("serfbridge", serfbridge_handler(binary, root, receiver)),
+        ]
+        for index, (name, handler_for) in enumerate(handlers):
+            cluster = Cluster(name.replace("+", "-"), root, handler_for)
+            try:
+                cluster.start()
+                samples = measure(cluster, receiver, events, interval, (index + 1) * 1000)
+            finally:
+                cluster.stop()
+            rows += [row(name, where, s) for where, s in samples.items()]
+    receiver.shutdown()
+    mode = "burst" if args.burst else f"one every {interval:g} s"
+    print(f"serf event -> webhook POST, {events} events, {mode}, 2 agents on 127.0.0.1")
+    print(f"{'handler':<12} {'node':<7} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'max ms':>8}")
+    for r in rows:
+        print(
+            f"{r['handler']:<12} {r['node']:<7} {r['n']:>4} {r['median_ms']:>10.1f}"
+            f" {r['p90_ms']:>8.1f} {r['max_ms']:>8.1f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
