@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import __version__, log, paths
-from .errors import EXIT_OK, EXIT_USAGE, SerfbridgeError
+from .errors import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, SerfbridgeError
 
 EXIT_PENDING = 8
 
@@ -81,7 +81,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     path = paths.config_path(args.config)
     source = path if os.path.exists(path) else "built-in defaults (no config file)"
     print(f"config: {source}: ok")
-    print(f"state_dir: {settings.state_dir}")
+    print(f"state_dir: {settings.state_path}")
     failures = 0
     for sink in settings.effective_sinks():
         line = f"sink {sink.name}: type={sink.type} events={sink.events}" + (
@@ -100,7 +100,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}")
-    return EXIT_OK if not failures else 6
+    return EXIT_OK if not failures else EXIT_UNREACHABLE
 
 
 def cmd_schema(_: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ EXIT_CONFIG = 3
 EXIT_INPUT = 4
 EXIT_TRUNCATED = 5
 EXIT_SPOOL = 6
+EXIT_UNREACHABLE = 6  # `check --connect`: a sink could not be reached
 EXIT_SERF = 7
 
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from pathlib import Path
 
+    from support.servers import BlackholeServer, HttpReceiver, Mosquitto, RedisServer
+
+from support.ports import free_port
+
 N2_JOIN = b"n2\t127.0.0.1\tdb\tdc=east,role=db\n"
 N3_LINE = b"n3\t127.0.0.1\tweb\tmy-tag.v=a,b=c,role=web,dc=east,tv=x\\ty\\nz\n"
 NODE = {"SERF_SELF_NAME": "n2", "SERF_SELF_ROLE": "cache", "SERF_TAG_ROLE": "cache"}
@@ -414,6 +418,57 @@ def test_check_bad_config(bridge: Bridge) -> None:
     assert proc.returncode == 3
     assert b"rpc_adr" in proc.stderr
     assert str(bridge.config).encode() in proc.stderr
+
+
+def _network_sinks(hook: str, redis_url: str, mqtt_url: str) -> str:
+    return (
+        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = {toml(hook)}\ntimeout = 1\n'
+        f'[[sinks]]\ntype = "redis"\nname = "stream"\nurl = {toml(redis_url)}\ntimeout = 1\n'
+        f'[[sinks]]\ntype = "mqtt"\nname = "bus"\nurl = {toml(mqtt_url)}\ntimeout = 1\n'
+    )
+
+
+def test_check_connect_reaches_every_sink(
+    bridge: Bridge, http_receiver: HttpReceiver, redis_server: RedisServer, mosquitto: Mosquitto
+) -> None:
+    """`check --connect` connects to a real receiver, redis-server and mosquitto: exit 0."""
+    bridge.write_config(_network_sinks(http_receiver.url, redis_server.url, mosquitto.url))
+    proc = bridge.run(None, args=["check", "--connect"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("hook", "stream", "bus"):
+        assert re.search(rf"^sink {name}: .*: reachable$", proc.stdout.decode(), re.M)
+
+
+def test_check_connect_names_each_unreachable_sink(
+    bridge: Bridge, redis_server: RedisServer, mosquitto: Mosquitto
+) -> None:
+    """A closed webhook port, a stopped redis-server and a stopped broker: each named, exit 6."""
+    bridge.write_config(
+        _network_sinks(f"http://127.0.0.1:{free_port()}/", redis_server.url, mosquitto.url)
+    )
+    redis_server.stop()
+    mosquitto.stop()
+    started = time.monotonic()
+    proc = bridge.run(None, args=["check", "--connect"])
+    elapsed = time.monotonic() - started
+    out = proc.stdout.decode()
+    assert proc.returncode == 6, out
+    for name in ("hook", "stream", "bus"):
+        assert re.search(rf"^sink {name}: .*: UNREACHABLE: \S", out, re.M), out
+    assert elapsed < RUN_TIMEOUT, "every sink's timeout bounds the check"
+
+
+def test_check_connect_https_webhook_does_the_tls_handshake(
+    bridge: Bridge, blackhole: BlackholeServer
+) -> None:
+    """https to a server that accepts TCP but never speaks TLS is unreachable within timeout."""
+    bridge.write_config(
+        f'[[sinks]]\ntype = "webhook"\nname = "hook"\n'
+        f'url = "https://127.0.0.1:{blackhole.port}/"\ntimeout = 1\n'
+    )
+    proc = bridge.run(None, args=["check", "--connect"], timeout=15)
+    assert proc.returncode == 6
+    assert re.search(r"^sink hook: .*: UNREACHABLE: .*timed out", proc.stdout.decode(), re.M)
 
 
 def test_check_rejects_unknown_responder_field(bridge: Bridge) -> None:

@@ -229,16 +229,28 @@ class WebhookSink(Sink):
                 pass
 
     def check(self) -> None:
-        """Open a TCP connection to the URL's host and port (no request is sent)."""
+        """Connect to the URL's host and port, with the TLS handshake for https.
+
+        No request is sent: a POST would reach the chat channel or the receiver's data.
+        """
         import socket
+        import ssl
 
         parts = urlsplit(self.config.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            with socket.create_connection((host, port), timeout=self.config.timeout):
-                pass
-        except OSError as exc:
+            with socket.create_connection((host, port), timeout=self.config.timeout) as sock:
+                if parts.scheme == "https":
+                    context = self._ssl()
+                    if not isinstance(context, ssl.SSLContext):
+                        context = ssl.create_default_context()
+                        if self.config.verify is False:
+                            context.check_hostname = False
+                            context.verify_mode = ssl.CERT_NONE
+                    with context.wrap_socket(sock, server_hostname=host):
+                        pass
+        except OSError as exc:  # ssl.SSLError is an OSError
             raise SinkUnavailable(f"{self.where}: cannot connect: {exc}") from exc
 
     def request(self, event: dict[str, Any], body: bytes) -> tuple[bytes, dict[str, str]]:
