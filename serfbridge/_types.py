@@ -86,6 +86,7 @@ class Compiled(TypedDict):
     max_input_bytes: int
     query_response_size_limit: int
     spawn_deliverer: bool
+    deadline: float
     serf: SerfSpec
     sinks: list[SinkSpec]
     responders: list[ResponderSpec]

@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._types import Compiled
 
-_FORMAT = 1
+_FORMAT = 2
 
 
 def _stamp(path: str) -> tuple[int, int, int, int] | None:

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         default=1024, ge=128, le=65536, description="The agent's query_response_size_limit."
     )
     spawn_deliverer: bool = True
+    deadline: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="Seconds one handler run may take: Serf waits for it before the next event. "
+        "The exact_tags lookup and query responders get what is left of it.",
+    )
     serf: SerfConfig = Field(default_factory=SerfConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     sinks: list[SinkConfig] | None = None
@@ -239,6 +246,7 @@ def compile_settings(settings: Settings, source: str | None) -> Compiled:
         "max_input_bytes": settings.max_input_bytes,
         "query_response_size_limit": settings.query_response_size_limit,
         "spawn_deliverer": settings.spawn_deliverer,
+        "deadline": settings.deadline,
         "serf": _reveal(settings.serf.model_dump()),
         "sinks": sinks,
         "responders": responders,

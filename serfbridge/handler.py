@@ -51,7 +51,12 @@ def read_stdin(limit: int) -> tuple[bytes, bool]:
     return data, False
 
 
-def _exact_tags(cfg: Compiled, doc: EventDoc) -> None:
+def _left(cfg: Compiled, started: float, wanted: float) -> float:
+    """``wanted`` seconds, cut to what is left of the run's deadline (at least 10 ms)."""
+    return max(0.01, min(wanted, started + cfg["deadline"] - time.monotonic()))
+
+
+def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
     """Replace tags parsed from member lines (ambiguous with ``,``/``=`` in values) by the
     agent's own, for members the agent still knows."""
     serf = cfg["serf"]
@@ -59,7 +64,11 @@ def _exact_tags(cfg: Compiled, doc: EventDoc) -> None:
     from .rpc import SerfRPC
 
     try:
-        with SerfRPC(serf["rpc_addr"] or "", serf["rpc_auth"], timeout=serf["rpc_timeout"]) as rpc:
+        with SerfRPC(
+            serf["rpc_addr"] or "",
+            serf["rpc_auth"],
+            timeout=_left(cfg, started, serf["rpc_timeout"]),
+        ) as rpc:
             known = {m.name: m for m in rpc.members()}
     except SerfError as exc:
         log.warning("exact_tags: agent not reachable, keeping parsed tags", error=str(exc))
@@ -122,6 +131,7 @@ def _without_config(exc: ConfigError, environ: Mapping[str, str], received: floa
 
 def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None) -> int:
     received = time.time()
+    started = time.monotonic()
     env = os.environ if environ is None else environ
     is_query = env.get("SERF_EVENT") == "query"
     try:
@@ -144,7 +154,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
         return exc.exit_code
 
     if cfg["serf"]["exact_tags"] and doc["members"]:
-        _exact_tags(cfg, doc)
+        _exact_tags(cfg, doc, started)
     event_json = jsonenc.dumps(doc)
     status = route(cfg, doc, event_json, config_arg)
 
@@ -153,6 +163,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
 
         responder = respond.find(cfg["responders"], doc["name"])
         if responder is not None:
+            responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
             answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
             os.write(1, answer)
 

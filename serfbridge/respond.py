@@ -73,7 +73,7 @@ def _run(responder: ResponderSpec, event_json: str) -> bytes:
         )
     except subprocess.TimeoutExpired:
         log.error("responder timed out", query=responder["query"], timeout=responder["timeout"])
-        return f"serfbridge: responder timed out after {responder['timeout']} s\n".encode()
+        return f"serfbridge: responder timed out after {responder['timeout']:.3g} s\n".encode()
     except OSError as exc:
         log.error("responder could not start", query=responder["query"], error=str(exc))
         return f"serfbridge: responder could not start: {exc.strerror}\n".encode()

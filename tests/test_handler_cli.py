@@ -565,6 +565,28 @@ def test_command_timeout_is_killed(bridge: Bridge) -> None:
         _kill_if_ours(pid, code)
 
 
+def test_deadline_cuts_a_longer_responder_timeout(bridge: Bridge) -> None:
+    """`deadline = 1` bounds the whole run: a responder allowed 30 s is killed after ~1 s."""
+    pidfile = bridge.root / "responder.pid"
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    argv = [sys.executable, "-c", code, str(pidfile)]
+    _responder(bridge, f"command = {toml(argv)}\ntimeout = 30\n", extra="deadline = 1\n")
+    assert bridge.run(user_env(), b"warm the config cache\n").returncode == 0
+
+    started = time.monotonic()
+    proc = bridge.run(query_env(), b"ping\n", timeout=30)
+    elapsed = time.monotonic() - started
+    pid = int(pidfile.read_text())
+    try:
+        assert proc.returncode == 0
+        assert b"timed out" in proc.stdout
+        assert elapsed < 10, f"answered after {elapsed:.2f} s, not at the 1 s deadline"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        _kill_if_ours(pid, code)
+
+
 def _kill_if_ours(pid: int, marker: str) -> None:
     """Clean up a responder that survived (only if /proc shows it is ours)."""
     try:
