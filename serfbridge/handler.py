@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from . import compiled, filters, jsonenc, log, parse, paths, spool
+from . import compiled, filters, jsonenc, log, parse, paths, spool, when
 from .appendfile import append_record
 from .errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
 
@@ -78,6 +78,8 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
     line = b""
     for sink in cfg["sinks"]:
         if not filters.matches(sink["filter"], doc["event"], doc["name"]):
+            continue
+        if not when.matches(sink.get("when"), doc["node"]):
             continue
         if sink["type"] == "file" and not sink.get("once"):
             line = line or (event_json + "\n").encode("utf-8")
@@ -151,7 +153,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
     if is_query:
         from . import respond
 
-        responder = respond.find(cfg["responders"], doc["name"])
+        responder = respond.find(cfg["responders"], doc["name"], doc["node"])
         if responder is not None:
             answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
             os.write(1, answer)

@@ -7,11 +7,11 @@ it entirely (the querier sees only the ack) when the encoded response exceeds th
 
 from __future__ import annotations
 
-from . import log, render
+from . import log, render, when
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._types import EventDoc, ResponderSpec
+    from ._types import EventDoc, Node, ResponderSpec
 
 # Serf keeps only the last 8 KiB of handler output (armon/circbuf in invoke.go).
 SERF_OUTPUT_BUFFER = 8192
@@ -52,9 +52,14 @@ def fit(answer: bytes, budget: int) -> bytes:
     return head + marker
 
 
-def find(responders: list[ResponderSpec], query: str | None) -> ResponderSpec | None:
+def find(
+    responders: list[ResponderSpec], query: str | None, node: Node | None = None
+) -> ResponderSpec | None:
+    """The first responder for ``query`` whose ``when`` selects ``node`` (None: any node)."""
     for responder in responders:
-        if responder["query"] == query:
+        if responder["query"] != query:
+            continue
+        if node is None or when.matches(responder.get("when"), node):
             return responder
     return None
 
