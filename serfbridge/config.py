@@ -28,6 +28,7 @@ from . import filters, paths, render, when
 from .errors import ConfigError
 from .sinks import SINK_TYPES
 from .sinks.base import WHEN_DESCRIPTION, WhenSpec
+from .sinks.command import CommandSinkConfig
 from .sinks.file import FileSinkConfig
 from .sinks.mqtt import MqttSinkConfig
 from .sinks.redis import RedisSinkConfig
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from ._types import Compiled, ResponderSpec, SinkSpec
 
 SinkConfig = Annotated[
-    FileSinkConfig | WebhookSinkConfig | MqttSinkConfig | RedisSinkConfig,
+    FileSinkConfig | WebhookSinkConfig | MqttSinkConfig | RedisSinkConfig | CommandSinkConfig,
     Field(discriminator="type"),
 ]
 
