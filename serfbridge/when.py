@@ -136,12 +136,12 @@ def matches(terms: list[WhenTerm] | None, node: Node) -> bool:
     return True
 
 
-def describe(spec: Mapping[str, str | list[str]] | None) -> str:
-    """``role=web|api dc=east`` for dry-run output."""
-    if not spec:
+def describe(terms: list[WhenTerm] | None) -> str:
+    """``role=web|api dc=east`` (compiled keys, globs with their ``*``) for dry-run output."""
+    if not terms:
         return "every node"
     out = []
-    for key, raw in spec.items():
-        values = [raw] if isinstance(raw, str) else list(raw)
+    for key, exact, globs in terms:
+        values = [*exact, *("*".join(parts) for parts in globs)]
         out.append(f"{key}={'|'.join(values)}")
     return " ".join(out)
