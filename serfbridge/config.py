@@ -30,6 +30,7 @@ from .sinks import SINK_TYPES
 from .sinks.base import WHEN_DESCRIPTION, WhenSpec
 from .sinks.command import CommandSinkConfig
 from .sinks.file import FileSinkConfig
+from .sinks.members import MembersSinkConfig
 from .sinks.mqtt import MqttSinkConfig
 from .sinks.redis import RedisSinkConfig
 from .sinks.webhook import WebhookSinkConfig
@@ -39,7 +40,12 @@ if TYPE_CHECKING:
     from ._types import Compiled, ResponderSpec, SinkSpec
 
 SinkConfig = Annotated[
-    FileSinkConfig | WebhookSinkConfig | MqttSinkConfig | RedisSinkConfig | CommandSinkConfig,
+    FileSinkConfig
+    | WebhookSinkConfig
+    | MqttSinkConfig
+    | RedisSinkConfig
+    | CommandSinkConfig
+    | MembersSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -164,6 +170,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"two sinks are named {sink.name!r}")
             seen.add(sink.name)
         return sinks
+
+    @model_validator(mode="after")
+    def _members_use_agent(self) -> Settings:
+        """Members sinks reconcile against the agent named in [serf]."""
+        auth = self.serf.rpc_auth.get_secret_value() if self.serf.rpc_auth else None
+        for sink in self.sinks or []:
+            if isinstance(sink, MembersSinkConfig):
+                sink.use_agent(self.serf.rpc_addr, auth, self.serf.rpc_timeout)
+        return self
 
     @property
     def state_path(self) -> str:

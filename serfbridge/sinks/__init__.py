@@ -10,7 +10,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .base import Sink
 
-SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command")
+SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members")
 
 
 def sink_class(sink_type: str) -> type[Sink]:
@@ -34,4 +34,8 @@ def sink_class(sink_type: str) -> type[Sink]:
         from .command import CommandSink
 
         return CommandSink
+    if sink_type == "members":
+        from .members import MembersSink
+
+        return MembersSink
     raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")
