@@ -74,7 +74,7 @@ def test_reasons_and_messages(sim: Simulation) -> None:
     assert other.sink("chat").fires is False
     assert other.sink("chat").message is None
     assert "does not match user:other" in other.sink("chat").reason
-    with pytest.raises(KeyError, match="sinks: deploy-web, chat, db-log"):
+    with pytest.raises(KeyError, match="sinks: deploy-web, chat, db-log, members"):
         result.sink("nope")
 
 
@@ -206,7 +206,7 @@ def test_json_output(serfbridge_cmd: list[str]) -> None:
         "command": None,
     }
     assert out["event"]["payload"] == "hi"
-    assert [s["name"] for s in out["sinks"]] == ["deploy-web", "chat", "db-log"]
+    assert [s["name"] for s in out["sinks"]] == ["deploy-web", "chat", "db-log", "members"]
 
 
 def test_recorded_event_file_from_a_real_handler(tmp_path: Path, serfbridge_cmd: list[str]) -> None:
