@@ -111,6 +111,12 @@ def _configure_log(settings: Any) -> None:
     log.configure(settings.log_file or os.path.join(state, "serfbridge.log"), settings.log_level)
 
 
+def _when_text(spec: Any) -> str:
+    from . import when
+
+    return f" when {when.describe(when.compile_when(spec))}" if spec else ""
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     path = paths.config_path(args.config)
@@ -122,6 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         line = f"sink {sink.name}: type={sink.type} events={sink.events}" + (
             " once" if sink.once else ""
         )
+        line += _when_text(sink.when)
         if args.connect:
             from .sinks import sink_class
 
@@ -134,7 +141,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(line)
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
-        print(f"responder {responder.query}: {kind}")
+        print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
     return EXIT_OK if not failures else 6
 
 

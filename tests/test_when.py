@@ -205,3 +205,27 @@ def test_handler_routes_by_role_and_tags(
     assert (proc.returncode, proc.stdout) == (0, answer), bridge.log_tail()
     assert len(bridge.read_jsonl(web)) == web_lines
     assert len(bridge.read_jsonl(db)) == db_lines
+
+
+def test_check_shows_when(tmp_path: Path, serfbridge_cmd: list[str]) -> None:
+    """`serfbridge check` lists each sink's and responder's when."""
+    import subprocess
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"state_dir = {json.dumps(str(tmp_path))}\n"
+        "[[sinks]]\ntype = 'file'\nname = 'f'\npath = 'x.jsonl'\n"
+        "when = { role = ['web', 'a*'], dc = 'east' }\n"
+        "[[responders]]\nquery = 'q'\ntext = 'x'\nwhen = { role = 'db' }\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [*serfbridge_cmd, "--config", str(path), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sink f: type=file events=* when role=web|a* dc=east\n" in proc.stdout
+    assert "responder q: text when role=db\n" in proc.stdout
