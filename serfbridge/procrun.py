@@ -4,7 +4,9 @@
 background process (``sleep 60 &`` in a script) leaves that grandchild holding the output
 pipes, and reading them then waits for the grandchild. Here the program runs in its own
 process group (POSIX: a new session; Windows: a new process group) and the whole group is
-killed: ``killpg(SIGKILL)`` on POSIX, ``taskkill /T /F`` (the process tree) on Windows.
+killed: ``killpg(SIGKILL)`` on POSIX; on Windows the program is put in a Job Object and the
+job is terminated (``taskkill /T /F``, which walks the tree by parent id, if no job could be
+made).
 
 Never a shell: the argv list is executed as is, and event data is passed only on stdin and in
 the environment.
@@ -41,22 +43,54 @@ class Finished:
         return self.returncode is None
 
 
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Kill ``proc`` and every process in its group / tree; never raises."""
+class _Job:
+    """Windows: a Job Object holding the program; every process it starts joins it too, so
+    ``TerminateJobObject`` ends the whole tree, even children whose parent already exited."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        import ctypes
+
+        self._k32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+        self._k32.CreateJobObjectW.restype = ctypes.c_void_p
+        self._k32.AssignProcessToJobObject.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._k32.TerminateJobObject.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        self._k32.CloseHandle.argtypes = [ctypes.c_void_p]
+        self.handle = self._k32.CreateJobObjectW(None, None)
+        handle = int(getattr(proc, "_handle", 0))
+        if not self.handle or not self._k32.AssignProcessToJobObject(self.handle, handle):
+            self.close()
+            raise OSError("cannot put the program in a job object")
+
+    def terminate(self) -> None:
+        if self.handle:
+            self._k32.TerminateJobObject(self.handle, 1)
+
+    def close(self) -> None:
+        if self.handle:
+            self._k32.CloseHandle(self.handle)
+            self.handle = None
+
+
+def kill_tree(proc: subprocess.Popen[bytes], job: _Job | None = None) -> None:
+    """Kill ``proc`` and every process in its group / job / tree; never raises."""
     if WINDOWS:
-        system_root = os.environ.get("SystemRoot") or r"C:\Windows"  # noqa: SIM112
-        taskkill = os.path.join(system_root, "System32", "taskkill.exe")
-        try:
-            subprocess.run(
-                [taskkill, "/F", "/T", "/PID", str(proc.pid)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            pass
+        if job is not None:
+            job.terminate()
+        else:
+            # No job object: taskkill walks the tree by parent process id.
+            system_root = os.environ.get("SystemRoot") or r"C:\Windows"  # noqa: SIM112
+            taskkill = os.path.join(system_root, "System32", "taskkill.exe")
+            try:
+                subprocess.run(
+                    [taskkill, "/F", "/T", "/PID", str(proc.pid)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=10,
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError):
+                pass
     else:
         import signal
 
@@ -92,17 +126,36 @@ def run(
         cwd=cwd,
         **options,  # type: ignore[call-overload]
     )
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc)
+    job = None
+    if WINDOWS:
         try:
-            out, err = proc.communicate(timeout=DRAIN_SECONDS)
+            job = _Job(proc)
+        except OSError:
+            job = None
+    try:
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
-            out, err = b"", b""
+            kill_tree(proc, job)
+            return Finished(None, *_drain(proc))
+    finally:
+        if job is not None:
+            job.close()
+    return Finished(proc.returncode, out, err)
+
+
+def _drain(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Output read so far, waiting at most DRAIN_SECONDS for the pipes to close."""
+    try:
+        out, err = proc.communicate(timeout=DRAIN_SECONDS)
+    except subprocess.TimeoutExpired:
+        # A process outside the group/job still holds the pipes. On POSIX closing our ends is
+        # safe; on Windows a close can block behind the reader threads, which are daemon
+        # threads: leave them.
+        if not WINDOWS:
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:
                     pipe.close()
-            proc.wait()
-        return Finished(None, out or b"", err or b"")
-    return Finished(proc.returncode, out, err)
+        proc.wait()
+        return b"", b""
+    return out or b"", err or b""
