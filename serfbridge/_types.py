@@ -49,6 +49,9 @@ class EventDoc(TypedDict):
 # One parsed filter term of Serf's -event-handler syntax: (event type or "*", name or None).
 FilterTerm = tuple[str, str | None]
 
+# One compiled ``when`` key: (folded tag name, exact values, globs split on "*").
+WhenTerm = tuple[str, list[str], list[list[str]]]
+
 
 class SinkSpec(TypedDict):
     """A sink as the compiled config carries it: validated fields plus the parsed filter."""
@@ -57,6 +60,7 @@ class SinkSpec(TypedDict):
     name: str
     events: str
     filter: list[FilterTerm]
+    when: NotRequired[list[WhenTerm] | None]
     once: NotRequired[bool]
     path: NotRequired[str]
     fsync: NotRequired[bool]
@@ -67,6 +71,7 @@ class ResponderSpec(TypedDict):
     text: str | None
     command: list[str] | None
     timeout: float
+    when: NotRequired[list[WhenTerm] | None]
 
 
 class SerfSpec(TypedDict):

@@ -51,10 +51,45 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--dead", action="store_true", help="dead letters (default for retry)")
     which.add_argument("--queue", action="store_true", help="pending entries")
     which.add_argument("--rejected", action="store_true", help="input that could not be parsed")
+    _add_route(sub)
     demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--dir", help="working directory (default: a new temporary one)")
     return parser
+
+
+def _add_route(sub: Any) -> None:
+    route = sub.add_parser(
+        "route",
+        help="dry run: which sinks and responders an event would reach on a node",
+        description="Show which sinks fire and which responder answers for an event on a node "
+        "with the given role and tags, with rendered chat messages and text answers. Nothing "
+        "is sent, written or run.",
+    )
+    what = route.add_mutually_exclusive_group(required=True)
+    what.add_argument("--event", metavar="EVENT", help="user:NAME, query:NAME or member-join ...")
+    what.add_argument(
+        "--event-file",
+        metavar="PATH",
+        help="recorded event JSON (one document, JSON lines such as events.jsonl, or a spool "
+        "entry); its node is used unless --node/--role/--tag say otherwise",
+    )
+    route.add_argument("--payload", default="", help="user event or query payload")
+    route.add_argument("--ltime", type=int, default=1, help="Lamport time (default 1)")
+    route.add_argument(
+        "--member", action="append", default=[], metavar="NAME[@ADDR]", help="membership events"
+    )
+    route.add_argument("--node", help="node name (default node1)")
+    route.add_argument("--role", help="the node's role tag")
+    route.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="a tag of the node"
+    )
+    route.add_argument(
+        "--from-env",
+        action="store_true",
+        help="take the node's name, role and tags from SERF_SELF_* and SERF_TAG_* variables",
+    )
+    route.add_argument("--json", action="store_true", help="one JSON object per event")
 
 
 def _settings(config: str | None) -> Any:
@@ -76,6 +111,12 @@ def _configure_log(settings: Any) -> None:
     log.configure(settings.log_file or os.path.join(state, "serfbridge.log"), settings.log_level)
 
 
+def _when_text(spec: Any) -> str:
+    from . import when
+
+    return f" when {when.describe(when.compile_when(spec))}" if spec else ""
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     path = paths.config_path(args.config)
@@ -87,6 +128,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         line = f"sink {sink.name}: type={sink.type} events={sink.events}" + (
             " once" if sink.once else ""
         )
+        line += _when_text(sink.when)
         if args.connect:
             from .sinks import sink_class
 
@@ -99,7 +141,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(line)
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
-        print(f"responder {responder.query}: {kind}")
+        print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
     return EXIT_OK if not failures else EXIT_UNREACHABLE
 
 
@@ -136,6 +178,63 @@ def cmd_spool(args: argparse.Namespace) -> int:
     return spoolcmd.run(settings, args)
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from . import simulate
+    from .config import compile_settings
+
+    tags: dict[str, str] | None = None
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.stderr.write(f"serfbridge: --tag {item!r}: expected KEY=VALUE\n")
+            return EXIT_USAGE
+        tags = {**(tags or {}), key: value}
+    node, role = args.node, args.role
+    if args.from_env:
+        from .parse import node_from_env
+
+        found = node_from_env(os.environ)
+        node = node or found["name"] or None
+        role = found["role"] if role is None else role
+        tags = {**found["tags"], **(tags or {})}
+    settings = _settings(args.config)
+    cfg: Any = compile_settings(settings, paths.config_path(args.config))
+    if args.event_file:
+        try:
+            with open(args.event_file, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            from .errors import InputError
+
+            raise InputError(f"cannot read {args.event_file}: {exc}") from None
+        docs = [
+            simulate.with_node(d, node, role, tags)
+            for d in simulate.load_recorded(text, args.event_file)
+        ]
+    else:
+        members = list(args.member)
+        docs = [
+            simulate.make_event(
+                args.event,
+                args.payload,
+                node=node or "node1",
+                role=role,
+                tags=tags,
+                members=members,
+                ltime=args.ltime,
+            )
+        ]
+    out = []
+    for doc in docs:
+        result = simulate.decide(cfg, doc)
+        if args.json:
+            out.append(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            out.append(simulate.format_text(result))
+    sys.stdout.write(("" if args.json else "\n").join(out))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -149,6 +248,7 @@ COMMANDS = {
     "flush": cmd_flush,
     "spool": cmd_spool,
     "demo": cmd_demo,
+    "route": cmd_route,
 }
 
 

@@ -24,10 +24,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from . import filters, paths, render
+from . import filters, paths, render, when
 from .errors import ConfigError
 from .sinks import SINK_TYPES
+from .sinks.base import WHEN_DESCRIPTION, WhenSpec
+from .sinks.command import CommandSinkConfig
 from .sinks.file import FileSinkConfig
+from .sinks.members import MembersSinkConfig
 from .sinks.mqtt import MqttSinkConfig
 from .sinks.redis import RedisSinkConfig
 from .sinks.webhook import WebhookSinkConfig
@@ -37,7 +40,12 @@ if TYPE_CHECKING:
     from ._types import Compiled, ResponderSpec, SinkSpec
 
 SinkConfig = Annotated[
-    FileSinkConfig | WebhookSinkConfig | MqttSinkConfig | RedisSinkConfig,
+    FileSinkConfig
+    | WebhookSinkConfig
+    | MqttSinkConfig
+    | RedisSinkConfig
+    | CommandSinkConfig
+    | MembersSinkConfig,
     Field(discriminator="type"),
 ]
 
@@ -89,6 +97,18 @@ class ResponderConfig(_Section):
         default=None, min_length=1, description="argv of a program whose stdout is the answer."
     )
     timeout: float = Field(default=2.5, gt=0, le=300)
+    when: WhenSpec | None = Field(default=None, description=WHEN_DESCRIPTION)
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_shape(cls, value: object) -> object:
+        return when.check_spec(value)
+
+    @field_validator("when")
+    @classmethod
+    def _valid_when(cls, value: WhenSpec | None) -> WhenSpec | None:
+        when.compile_when(value)
+        return value
 
     @field_validator("text")
     @classmethod
@@ -157,6 +177,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"two sinks are named {sink.name!r}")
             seen.add(sink.name)
         return sinks
+
+    @model_validator(mode="after")
+    def _members_use_agent(self) -> Settings:
+        """Members sinks reconcile against the agent named in [serf]."""
+        auth = self.serf.rpc_auth.get_secret_value() if self.serf.rpc_auth else None
+        for sink in self.sinks or []:
+            if isinstance(sink, MembersSinkConfig):
+                sink.use_agent(self.serf.rpc_addr, auth, self.serf.rpc_timeout)
+        return self
 
     @property
     def state_path(self) -> str:
@@ -233,9 +262,16 @@ def compile_settings(settings: Settings, source: str | None) -> Compiled:
     for sink in settings.effective_sinks():
         spec: Any = _reveal(sink.model_dump())
         spec["filter"] = filters.parse(sink.events)
+        spec["when"] = when.compile_when(sink.when)
         sinks.append(spec)
     responders: list[ResponderSpec] = [
-        {"query": r.query, "text": r.text, "command": r.command, "timeout": r.timeout}
+        {
+            "query": r.query,
+            "text": r.text,
+            "command": r.command,
+            "timeout": r.timeout,
+            "when": when.compile_when(r.when),
+        }
         for r in settings.responders
     ]
     return {

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from . import compiled, filters, jsonenc, log, parse, paths, spool
+from . import compiled, filters, jsonenc, log, parse, paths, spool, when
 from .appendfile import append_record
 from .errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
 
@@ -88,6 +88,8 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
     for sink in cfg["sinks"]:
         if not filters.matches(sink["filter"], doc["event"], doc["name"]):
             continue
+        if not when.matches(sink.get("when"), doc["node"]):
+            continue
         if sink["type"] == "file" and not sink.get("once"):
             line = line or (event_json + "\n").encode("utf-8")
             try:
@@ -161,7 +163,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
     if is_query:
         from . import respond
 
-        responder = respond.find(cfg["responders"], doc["name"])
+        responder = respond.find(cfg["responders"], doc["name"], doc["node"])
         if responder is not None:
             responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
             answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])

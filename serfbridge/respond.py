@@ -7,11 +7,11 @@ it entirely (the querier sees only the ack) when the encoded response exceeds th
 
 from __future__ import annotations
 
-from . import log, render
+from . import log, render, when
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._types import EventDoc, ResponderSpec
+    from ._types import EventDoc, Node, ResponderSpec
 
 # Serf keeps only the last 8 KiB of handler output (armon/circbuf in invoke.go).
 SERF_OUTPUT_BUFFER = 8192
@@ -52,41 +52,40 @@ def fit(answer: bytes, budget: int) -> bytes:
     return head + marker
 
 
-def find(responders: list[ResponderSpec], query: str | None) -> ResponderSpec | None:
+def find(
+    responders: list[ResponderSpec], query: str | None, node: Node | None = None
+) -> ResponderSpec | None:
+    """The first responder for ``query`` whose ``when`` selects ``node`` (None: any node)."""
     for responder in responders:
-        if responder["query"] == query:
+        if responder["query"] != query:
+            continue
+        if node is None or when.matches(responder.get("when"), node):
             return responder
     return None
 
 
 def _run(responder: ResponderSpec, event_json: str) -> bytes:
-    import subprocess
+    from . import procrun
 
     argv = responder["command"] or []
     try:
-        proc = subprocess.run(
-            argv,
-            input=event_json.encode(),
-            capture_output=True,
-            timeout=responder["timeout"],
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        log.error("responder timed out", query=responder["query"], timeout=responder["timeout"])
-        return f"serfbridge: responder timed out after {responder['timeout']:.3g} s\n".encode()
+        done = procrun.run(argv, event_json.encode(), responder["timeout"])
     except OSError as exc:
         log.error("responder could not start", query=responder["query"], error=str(exc))
         return f"serfbridge: responder could not start: {exc.strerror}\n".encode()
-    if proc.stderr:
+    if done.timed_out:
+        log.error("responder timed out", query=responder["query"], timeout=responder["timeout"])
+        return f"serfbridge: responder timed out after {responder['timeout']:.3g} s\n".encode()
+    if done.stderr:
         log.warning(
             "responder wrote to stderr",
             query=responder["query"],
-            stderr=proc.stderr.decode("utf-8", "replace")[-2000:],
+            stderr=done.stderr.decode("utf-8", "replace")[-2000:],
         )
-    if proc.returncode != 0:
-        log.error("responder failed", query=responder["query"], status=proc.returncode)
-        return f"serfbridge: responder failed with exit status {proc.returncode}\n".encode()
-    return proc.stdout
+    if done.returncode != 0:
+        log.error("responder failed", query=responder["query"], status=done.returncode)
+        return f"serfbridge: responder failed with exit status {done.returncode}\n".encode()
+    return done.stdout
 
 
 def answer(responder: ResponderSpec, doc: EventDoc, event_json: str, limit: int) -> bytes:

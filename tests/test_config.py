@@ -263,6 +263,7 @@ def test_no_sinks_key_gives_default_file_sink(write: Callable[..., Path], state_
             "path": str(state_dir / "events.jsonl"),
             "fsync": False,
             "filter": [("*", None)],
+            "when": None,
         }
     ]
     assert cfg["state_dir"] == str(state_dir)

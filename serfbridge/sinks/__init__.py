@@ -10,7 +10,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .base import Sink
 
-SINK_TYPES = ("file", "webhook", "mqtt", "redis")
+SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members")
 
 
 def sink_class(sink_type: str) -> type[Sink]:
@@ -30,4 +30,12 @@ def sink_class(sink_type: str) -> type[Sink]:
         from .redis import RedisSink
 
         return RedisSink
+    if sink_type == "command":
+        from .command import CommandSink
+
+        return CommandSink
+    if sink_type == "members":
+        from .members import MembersSink
+
+        return MembersSink
     raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")

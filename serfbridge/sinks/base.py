@@ -12,7 +12,12 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import filters
+from .. import filters, when
+
+WhenSpec = dict[str, str | list[str]]
+WHEN_DESCRIPTION = (
+    'Only on nodes whose role/tags match, e.g. { role = ["web", "api"], dc = "east" }.'
+)
 
 
 class SinkConfigBase(BaseModel):
@@ -26,11 +31,23 @@ class SinkConfigBase(BaseModel):
     once: bool = Field(
         default=False, description="Forward each event from exactly one node of the cluster."
     )
+    when: WhenSpec | None = Field(default=None, description=WHEN_DESCRIPTION)
 
     @field_validator("events")
     @classmethod
     def _valid_filter(cls, value: str) -> str:
         filters.parse(value)
+        return value
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_shape(cls, value: object) -> object:
+        return when.check_spec(value)
+
+    @field_validator("when")
+    @classmethod
+    def _valid_when(cls, value: WhenSpec | None) -> WhenSpec | None:
+        when.compile_when(value)
         return value
 
 

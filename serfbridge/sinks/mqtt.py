@@ -228,18 +228,23 @@ class MqttSink(Sink):
         raise SinkUnavailable(f"{self._where} refused the connection: {reason}")
 
     def send(self, event: dict[str, Any], body: bytes) -> None:
-        client, conn, cfg = self._client, self._conn, self.config
-        if client is None or conn.closed.is_set() or not client.is_connected():
-            raise SinkUnavailable(f"not connected to {self._where}")
-        topic = render.render(cfg.topic, event)
+        topic = render.render(self.config.topic, event)
         problem = topic_problem(topic)
         if problem:
             raise SinkRejected(f"rendered topic {topic!r} {problem}")
         properties = _properties(event) if self.protocol == "5" else None
+        self.publish(topic, body, retain=self.config.retain, properties=properties)
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
+    ) -> None:
+        """One PUBLISH at the sink's QoS, waited for as ``send`` does (also used by the
+        members sink for its retained per-member messages)."""
+        client, conn, cfg = self._client, self._conn, self.config
+        if client is None or conn.closed.is_set() or not client.is_connected():
+            raise SinkUnavailable(f"not connected to {self._where}")
         try:
-            info = client.publish(
-                topic, body, qos=cfg.qos, retain=cfg.retain, properties=properties
-            )
+            info = client.publish(topic, payload, qos=cfg.qos, retain=retain, properties=properties)
         except ValueError as exc:
             raise SinkRejected(f"cannot publish to {topic!r}: {exc}") from exc
         self._wait(info)

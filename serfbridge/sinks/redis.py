@@ -148,6 +148,14 @@ class RedisSink(Sink):
         """Connect and PING; any failure is SinkUnavailable."""
         self._open()
 
+    def connection(self) -> Redis:
+        """The connected client (opened on first use), for other sinks that store in Redis."""
+        return self._open()
+
+    def error(self, exc: Exception, command: str) -> SinkError:
+        """A redis-py error raised by ``command`` as SinkUnavailable or SinkRejected."""
+        return self._mapped(exc, command)
+
     def _open(self) -> Redis:
         if self._client is not None:
             return self._client
