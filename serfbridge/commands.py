@@ -96,9 +96,8 @@ def _settings(config: str | None) -> Any:
     from .config import load_settings
 
     path = paths.config_path(config)
-    named = config or os.environ.get("SERFBRIDGE_CONFIG")
     if not os.path.exists(path):
-        if named:
+        if paths.config_named(config):
             from .errors import ConfigError
 
             raise ConfigError(f"config file {path} does not exist")

@@ -82,10 +82,9 @@ def load(explicit: str | None = None) -> Compiled:
     A missing file is fine at the default location (the embedded default applies) and an
     error when it was named explicitly.
     """
-    named = explicit or os.environ.get("SERFBRIDGE_CONFIG")
     path = paths.config_path(explicit)
     stamp = _stamp(path)
-    if stamp is None and named:
+    if stamp is None and paths.config_named(explicit):
         raise ConfigError(f"config file {path} does not exist")
     cache = _cache_file(path)
     compiled = _read(cache, stamp)

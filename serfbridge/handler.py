@@ -118,14 +118,17 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
     return EXIT_OK
 
 
-def _without_config(exc: ConfigError, environ: Mapping[str, str], received: float) -> int:
+def _without_config(
+    exc: ConfigError, environ: Mapping[str, str], received: float, config_arg: str | None
+) -> int:
     """An unusable config must not lose the event: keep it raw in the default state dir."""
     if environ.get("SERF_EVENT") != "query":
         log.to_stderr_until_configured()
     log.error("configuration error; event kept in rejected/", error=str(exc))
     data, _ = read_stdin(DEFAULT_MAX_INPUT)
     try:
-        spool.reject(paths.default_state_dir(), f"config: {exc}", dict(environ), data, received)
+        state_dir = paths.fallback_state_dir(config_arg)
+        spool.reject(state_dir, f"config: {exc}", dict(environ), data, received)
     except OSError as err:
         log.error("cannot keep the rejected event", error=str(err))
     return exc.exit_code
@@ -139,7 +142,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
     try:
         cfg = compiled.load(config_arg)
     except ConfigError as exc:
-        return _without_config(exc, env, received)
+        return _without_config(exc, env, received, config_arg)
     log.configure(cfg["log_file"], cfg["log_level"])
     if is_query:
         log.silence()

@@ -53,3 +53,29 @@ def default_cache_dir() -> str:
 def config_path(explicit: str | None = None) -> str:
     """``--config`` wins, then ``SERFBRIDGE_CONFIG``, then the per-OS default."""
     return explicit or os.environ.get("SERFBRIDGE_CONFIG") or default_config_path()
+
+
+def config_named(explicit: str | None = None) -> bool:
+    """Whether the user named a config file (then a missing file is an error)."""
+    return bool(explicit or os.environ.get("SERFBRIDGE_CONFIG"))
+
+
+def fallback_state_dir(explicit: str | None = None) -> str:
+    """Where to keep an event when the config can't be used: the state_dir the user meant.
+
+    ``SERFBRIDGE_STATE_DIR`` first, then a ``state_dir`` that the (otherwise invalid) file
+    still states, then the per-OS default.
+    """
+    from_env = os.environ.get("SERFBRIDGE_STATE_DIR")
+    if from_env:
+        return os.path.abspath(os.path.expanduser(from_env))
+    try:
+        import tomllib
+
+        with open(config_path(explicit), "rb") as fh:
+            stated = tomllib.load(fh).get("state_dir")
+    except (OSError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
+        stated = None
+    if isinstance(stated, str) and stated:
+        return os.path.abspath(os.path.expanduser(stated))
+    return default_state_dir()

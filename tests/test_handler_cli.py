@@ -345,20 +345,31 @@ def default_state(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
                 pass  # not empty: something else uses it now
 
 
-def test_invalid_config_exits_3_and_keeps_raw(bridge: Bridge, default_state: DefaultState) -> None:
-    """An invalid config exits 3 and keeps the raw event in the default state dir."""
+def test_invalid_config_exits_3_and_keeps_raw(bridge: Bridge) -> None:
+    """An invalid config exits 3 and keeps the raw event in the state_dir the file states."""
     bridge.write_config("bogus_key = 1\n")
-    serf = default_state.tag(user_env())
+    serf = user_env()
     proc = bridge.run(serf, b"kept\n")
     assert proc.returncode == 3
     assert proc.stdout == b""
     assert b"bogus_key" in proc.stderr
     assert proc.stderr.count(b"\n") == 1
-    (record,) = default_state.records().values()
+    (record,) = bridge.rejected()
     assert base64.b64decode(record["stdin_base64"]) == b"kept\n"
     assert record["env"] == serf
     assert "bogus_key" in record["reason"]
     assert not (bridge.state / "events.jsonl").exists()
+
+
+def test_unreadable_config_keeps_raw_in_serfbridge_state_dir(bridge: Bridge) -> None:
+    """Invalid TOML: the event is kept under SERFBRIDGE_STATE_DIR when that is set."""
+    bridge.config.write_text("state_dir = [unclosed\n", encoding="utf-8")
+    elsewhere = bridge.root / "env-state"
+    proc = bridge.run({**user_env(), "SERFBRIDGE_STATE_DIR": str(elsewhere)}, b"kept\n")
+    assert proc.returncode == 3
+    assert b"invalid TOML" in proc.stderr
+    (record,) = bridge.rejected(elsewhere)
+    assert base64.b64decode(record["stdin_base64"]) == b"kept\n"
 
 
 def test_missing_explicit_config_exits_3(bridge: Bridge, default_state: DefaultState) -> None:
