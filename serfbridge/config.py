@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from . import filters, paths, render, when
 from .errors import ConfigError
 from .sinks import SINK_TYPES
-from .sinks.base import WHEN_DESCRIPTION, WhenSpec
+from .sinks.base import When
 from .sinks.command import CommandSinkConfig
 from .sinks.file import FileSinkConfig
 from .sinks.members import MembersSinkConfig
@@ -97,18 +97,7 @@ class ResponderConfig(_Section):
         default=None, min_length=1, description="argv of a program whose stdout is the answer."
     )
     timeout: float = Field(default=2.5, gt=0, le=300)
-    when: WhenSpec | None = Field(default=None, description=WHEN_DESCRIPTION)
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _when_shape(cls, value: object) -> object:
-        return when.check_spec(value)
-
-    @field_validator("when")
-    @classmethod
-    def _valid_when(cls, value: WhenSpec | None) -> WhenSpec | None:
-        when.compile_when(value)
-        return value
+    when: When = None
 
     @field_validator("text")
     @classmethod

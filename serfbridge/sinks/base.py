@@ -8,16 +8,32 @@ A sink is opened once by the deliverer, sends one event at a time, and is closed
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from .. import filters, when
 
 WhenSpec = dict[str, str | list[str]]
-WHEN_DESCRIPTION = (
-    'Only on nodes whose role/tags match, e.g. { role = ["web", "api"], dc = "east" }.'
-)
+
+
+def _compiles(value: WhenSpec | None) -> WhenSpec | None:
+    when.compile_when(value)
+    return value
+
+
+# Shared by sinks and responders: the shape is checked first (clear messages for TOML
+# mistakes), then the patterns are compiled once to prove they are valid.
+When = Annotated[
+    WhenSpec | None,
+    BeforeValidator(when.check_spec),
+    AfterValidator(_compiles),
+    Field(
+        default=None,
+        description='Only on nodes whose role/tags match, e.g. { role = ["web", "api"], '
+        'dc = "east" }.',
+    ),
+]
 
 
 class SinkConfigBase(BaseModel):
@@ -31,23 +47,12 @@ class SinkConfigBase(BaseModel):
     once: bool = Field(
         default=False, description="Forward each event from exactly one node of the cluster."
     )
-    when: WhenSpec | None = Field(default=None, description=WHEN_DESCRIPTION)
+    when: When = None
 
     @field_validator("events")
     @classmethod
     def _valid_filter(cls, value: str) -> str:
         filters.parse(value)
-        return value
-
-    @field_validator("when", mode="before")
-    @classmethod
-    def _when_shape(cls, value: object) -> object:
-        return when.check_spec(value)
-
-    @field_validator("when")
-    @classmethod
-    def _valid_when(cls, value: WhenSpec | None) -> WhenSpec | None:
-        when.compile_when(value)
         return value
 
 
