@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--dead", action="store_true", help="dead letters (default for retry)")
     which.add_argument("--queue", action="store_true", help="pending entries")
     which.add_argument("--rejected", action="store_true", help="input that could not be parsed")
+    sub.add_parser(
+        "relay",
+        help="run the relay: inbound HTTP/MQTT/Redis/local messages -> Serf events and queries",
+    )
     demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--dir", help="working directory (default: a new temporary one)")
@@ -136,6 +140,16 @@ def cmd_spool(args: argparse.Namespace) -> int:
     return spoolcmd.run(settings, args)
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from .relay import serve
+
+    settings = _settings(args.config)
+    _configure_log(settings)
+    path = paths.config_path(args.config)
+    serve(settings, path if os.path.exists(path) else None)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -149,6 +163,7 @@ COMMANDS = {
     "flush": cmd_flush,
     "spool": cmd_spool,
     "demo": cmd_demo,
+    "relay": cmd_relay,
 }
 
 
