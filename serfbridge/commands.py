@@ -141,9 +141,11 @@ def cmd_spool(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from .relay import serve
+    from .relay import check_listeners, serve
 
     settings = _settings(args.config)
+    # Refusals go to stderr, where the operator starting the relay looks.
+    check_listeners(settings)
     _configure_log(settings)
     path = paths.config_path(args.config)
     serve(settings, path if os.path.exists(path) else None)

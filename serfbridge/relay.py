@@ -150,8 +150,7 @@ def _install_signals(stopping: threading.Event) -> None:
 
 
 def serve(settings: Settings, config_path: str | None) -> None:
-    """Entry point of ``serfbridge relay``; raises ConfigError / RelayError."""
-    check_listeners(settings)
+    """Entry point of ``serfbridge relay`` (after ``check_listeners``); raises RelayError."""
     os.makedirs(settings.state_path, exist_ok=True)
     relay = Relay(settings, config_path)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 
 import pytest
 from support.inbound import signature
@@ -13,7 +14,7 @@ from serfbridge.inbound_auth import Authenticator, Credentials
 from serfbridge.messages import allowed, event_size, parse
 
 
-def _reason(body: bytes | dict[str, object], **kw: object) -> str:
+def _reason(body: bytes | Mapping[str, object], **kw: object) -> str:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     with pytest.raises(Rejected) as info:
         parse(data, **kw)  # type: ignore[arg-type]
@@ -71,7 +72,7 @@ def test_base64_payload_is_binary() -> None:
         {"type": "query", "name": "x", "timeout": 1e9},
     ],
 )
-def test_malformed(body: bytes | dict[str, object]) -> None:
+def test_malformed(body: bytes | Mapping[str, object]) -> None:
     """Bad JSON, wrong types, unknown fields and bad encodings are all 'malformed'."""
     assert _reason(body) == "malformed"
 

@@ -54,7 +54,8 @@ class RelayProcess(ManagedProcess):
 
 def http_source(port: int, **keys: object) -> str:
     """A `[[sources]]` http table on 127.0.0.1:<port> with the given keys."""
-    lines = ["[[sources]]", 'type = "http"', f'listen = "{LOOPBACK}:{port}"']
+    keys = {"listen": f"{LOOPBACK}:{port}", **keys}
+    lines = ["[[sources]]", 'type = "http"']
     lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
     return "\n".join(lines) + "\n"
 
