@@ -96,6 +96,9 @@ class MqttSourceConfig(SourceConfigBase):
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive: int = Field(default=30, ge=5, le=3600)
     workers: int = Field(default=4, ge=1, le=64, description="Messages handled at once.")
+    dead_letter: str | None = Field(
+        default=None, description="Topic that gets refused messages with their reason."
+    )
 
 
 class LocalSourceConfig(SourceConfigBase):

@@ -114,8 +114,9 @@ class Gate:
 
     def handle(
         self, body: bytes, creds: Credentials, default_type: str | None = None
-    ) -> dict[str, Any] | None:
-        """Run one message; returns the query reply (None for events) or raises Rejected.
+    ) -> tuple[messages.Message, dict[str, Any] | None]:
+        """Run one message; returns it with its query reply (None for events) or raises
+        Rejected.
 
         Every rejection is counted and logged with its reason, never with the body or the
         credentials.
@@ -133,7 +134,7 @@ class Gate:
 
     def _handle(
         self, body: bytes, creds: Credentials, default_type: str | None
-    ) -> dict[str, Any] | None:
+    ) -> tuple[messages.Message, dict[str, Any] | None]:
         if not self.bucket.take():
             raise Rejected("rate_limited", f"over {self.config.rate:g} messages/s")
         self.auth.check(creds, body)
@@ -165,4 +166,4 @@ class Gate:
             "serfbridge_relay_messages_out_total", source=self.name, type=msg.type
         )
         log.info("relayed", source=self.name, type=msg.type, name=msg.name)
-        return reply
+        return msg, reply

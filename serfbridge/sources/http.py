@@ -130,7 +130,7 @@ class HttpSource(Source):
                 timestamp=environ.get(_environ_key(TIMESTAMP_HEADER)),
                 signature=environ.get(_environ_key(SIGNATURE_HEADER)),
             )
-            reply = self.gate.handle(body, creds, default_type=kind)
+            _, reply = self.gate.handle(body, creds, default_type=kind)
         except Rejected as exc:
             status = HTTP_STATUS.get(exc.reason, 400)
             return _json(start_response, status, {"error": str(exc), "reason": exc.reason})
