@@ -4,44 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from support.inbound import sign_headers
 from support.ports import free_port, wait_for
-from support.relay import RelayProcess, get_text, http_source, metric, post
-
-from serfbridge.rpc import SerfRPC
+from support.relay import RelayProcess, Watcher, get_text, http_source, metric, post
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from support.serf import SerfAgent, SerfClusterFactory
+    from support.serf import SerfClusterFactory
 
 TOKEN = "t0k-3n"  # noqa: S105 - test value
 KEY = "hm4c-k3y"
 EVENT = {"type": "event", "name": "deploy", "payload": "v2", "coalesce": False}
-
-
-class Watcher:
-    """Every user event the agent sees, from a real RPC stream subscription."""
-
-    def __init__(self, agent: SerfAgent) -> None:
-        self.rpc = SerfRPC(agent.rpc_addr).connect()
-        self.stream = self.rpc.stream("user")
-        self.events: list[tuple[str, bytes]] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for record in self.stream:
-            self.events.append((record["Name"], record["Payload"]))
-
-    def close(self) -> None:
-        self.rpc.close()
 
 
 class Setup:

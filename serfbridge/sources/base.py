@@ -165,5 +165,5 @@ class Gate:
         self.relay.metrics.inc(
             "serfbridge_relay_messages_out_total", source=self.name, type=msg.type
         )
-        log.info("relayed", source=self.name, type=msg.type, name=msg.name)
+        log.debug("relayed", source=self.name, type=msg.type, name=msg.name)
         return msg, reply

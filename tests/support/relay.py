@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
+
+from serfbridge.rpc import SerfRPC
 
 from .inbound import sign_headers
 from .ports import LOOPBACK, free_port
@@ -16,6 +19,8 @@ from .proc import ManagedProcess
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
+
+    from .serf import SerfAgent
 
 
 class RelayProcess(ManagedProcess):
@@ -37,19 +42,42 @@ class RelayProcess(ManagedProcess):
         self.state = workdir / f"{name}-state"
         self.body = body
         self.rpc_addr = rpc_addr
+        self.log_level = "debug"
 
     def argv(self) -> list[str]:
         return [*self.cmd, "--config", str(self.config), "relay"]
 
     def prepare(self) -> None:
         head = (
-            f'state_dir = {json.dumps(str(self.state))}\nlog_file = "-"\nlog_level = "debug"\n'
+            f'state_dir = {json.dumps(str(self.state))}\nlog_file = "-"\n'
+            f'log_level = "{self.log_level}"\n'
             f'[serf]\nrpc_addr = "{self.rpc_addr}"\n'
         )
         self.config.write_text(head + self.body, encoding="utf-8")
 
     def is_ready(self) -> bool:
         return "relay ready" in self.log_text(current_run=True)
+
+
+class Watcher:
+    """Every user event the agent sees, from a real RPC stream subscription."""
+
+    def __init__(self, agent: SerfAgent) -> None:
+        self.rpc = SerfRPC(agent.rpc_addr).connect()
+        self.stream = self.rpc.stream("user")
+        self.events: list[tuple[str, bytes]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for record in self.stream:
+            self.events.append((record["Name"], record["Payload"]))
+
+    def payloads(self) -> list[bytes]:
+        return [p for _, p in list(self.events)]
+
+    def close(self) -> None:
+        self.rpc.close()
 
 
 def http_source(port: int, **keys: object) -> str:
@@ -105,4 +133,4 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-__all__ = ["RelayProcess", "free_port", "get_text", "http_source", "metric", "post"]
+__all__ = ["RelayProcess", "Watcher", "free_port", "get_text", "http_source", "metric", "post"]
