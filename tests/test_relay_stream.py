@@ -68,8 +68,8 @@ def test_stream_mode_feeds_sinks_and_answers_queries(
         relay.start()
         wait_for(lambda: "event stream subscribed" in relay.log_text(), 10, what="subscription")
         agent.event("deploy", "v1")
-        doc = wait_for(
-            lambda: next((d for d in _jsonl(streamed) if d["name"] == "deploy"), None),
+        doc: dict[str, Any] = wait_for(
+            lambda: next((d for d in _jsonl(streamed) if d["name"] == "deploy"), {}),
             15,
             what="the streamed event in the file sink",
             detail=relay.log_tail,
@@ -81,9 +81,8 @@ def test_stream_mode_feeds_sinks_and_answers_queries(
         assert requests[0].json()["id"] == doc["id"]
         answer = agent.query("ping", "hi", "-timeout=2s")
         assert answer["Responses"] == {"n1": "pong from n1 (hi)"}
-        joins = [d for d in _jsonl(streamed) if d["event"] == "query"]
-        assert joins
-        assert joins[0]["name"] == "ping"
+        queries = [d for d in _jsonl(streamed) if d["event"] == "query"]
+        assert [q["name"] for q in queries] == ["ping"]
 
 
 def test_loop_through_mqtt_stops_at_the_relay(
