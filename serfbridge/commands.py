@@ -101,6 +101,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                 failures += 1
                 line += f": UNREACHABLE: {exc}"
         print(line)
+    for source in settings.sources:
+        events = ",".join(source.allow_events) or "-"
+        queries = ",".join(source.allow_queries) or "-"
+        print(f"source {source.name}: type={source.type} events={events} queries={queries}")
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}")

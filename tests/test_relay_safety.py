@@ -218,3 +218,33 @@ def test_refuses_open_listener_on_non_loopback(serfbridge_cmd: list[str], tmp_pa
     assert "refusing an unauthenticated listener on 0.0.0.0" in proc.stderr
     assert "insecure = true" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_check_lists_sources_and_rejects_bad_ones(
+    serfbridge_cmd: list[str], tmp_path: Path
+) -> None:
+    """`serfbridge check` shows each source; a bad source key names the source (exit 3)."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        + http_source(free_port(), token=TOKEN, allow_events=["deploy"])
+    )
+    proc = subprocess.run(
+        [*serfbridge_cmd, "--config", str(config), "check"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "source http: type=http events=deploy queries=-" in proc.stdout
+    assert TOKEN not in proc.stdout
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        '[[sources]]\ntype = "redis"\nurl = "redis://127.0.0.1:1/0"\nstreem = "x"\n'
+    )
+    proc = subprocess.run(
+        [*serfbridge_cmd, "--config", str(config), "relay"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "sources[0] (redis).streem: unknown key" in proc.stderr
+    assert "sources[0] (redis).stream: Field required" in proc.stderr
+    assert "Traceback" not in proc.stderr
