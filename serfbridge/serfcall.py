@@ -60,23 +60,23 @@ class RpcCaller:
 
     def _connect(self) -> SerfRPC:
         with self._lock:
-            if self._connected:
-                return self._client
             now = time.monotonic()
-            if now < self._next_try:
+            if not self._connected and now < self._next_try:
                 raise Rejected(
                     "serf_unavailable",
                     f"serf agent at {self.addr} unreachable; next try in "
                     f"{self._next_try - now:.1f} s",
                 )
             try:
+                # A no-op while the connection is alive; replaces one the agent closed.
                 self._client.connect()
             except SerfError as exc:
+                self._connected = False
                 self._delay = min(max(self._delay * 2, 0.2), self._backoff_max)
                 self._next_try = now + self._delay
                 log.warning("serf agent unreachable", addr=self.addr, retry_in=self._delay)
                 raise Rejected("serf_unavailable", f"serf agent unreachable: {exc}") from None
-            if self._delay:
+            if not self._connected and self._delay:
                 log.info("reconnected to the serf agent", addr=self.addr)
             self._connected, self._delay = True, 0.0
             return self._client
