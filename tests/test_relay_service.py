@@ -204,3 +204,55 @@ def test_signed_mqtt_and_redis(
     finally:
         peer.close()
         client.close()
+
+
+def test_port_in_use_exits_9(agent: SerfAgent, serfbridge_cmd: list[str], tmp_path: Path) -> None:
+    """A listener that cannot bind stops the relay with exit 9 and a one-line reason."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind((LOOPBACK, 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "busy.toml"
+        config.write_text(
+            f'state_dir = "{tmp_path / "state"}"\nlog_file = "-"\n'
+            f'[serf]\nrpc_addr = "{agent.rpc_addr}"\n'
+            + http_source(port, token=TOKEN, allow_events=["deploy"])
+        )
+        proc = subprocess.run(
+            [*serfbridge_cmd, "--config", str(config), "relay"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 9, proc.stderr
+    assert f"cannot listen on ('{LOOPBACK}', {port})" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stream_mode_resubscribes_after_agent_restart(
+    agent: SerfAgent, serfbridge_cmd: list[str], tmp_path: Path
+) -> None:
+    """Stream mode survives a kill -9 of its agent: events after the restart are recorded."""
+    streamed = tmp_path / "streamed.jsonl"
+    body = (
+        "[relay]\nstream = true\nreconnect_max = 1\n"
+        f'[[sinks]]\ntype = "file"\nname = "f"\npath = "{streamed}"\n'
+    )
+    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
+
+    def names() -> list[str]:
+        if not streamed.exists():
+            return []
+        return [json.loads(line)["name"] for line in streamed.read_text().splitlines()]
+
+    with relay:
+        relay.start()
+        wait_for(lambda: "event stream subscribed" in relay.log_text(), 10, what="subscribed")
+        agent.event("deploy", "before")
+        wait_for(lambda: "deploy" in names(), 10, what="the first event")
+        agent.kill9()
+        agent.start()
+        wait_for(lambda: relay.log_text().count("event stream subscribed") >= 2, 20,
+                 what="the relay to resubscribe", detail=relay.log_tail)  # fmt: skip
+        agent.event("after-restart", "x")
+        wait_for(lambda: "after-restart" in names(), 10, what="the event after the restart")
