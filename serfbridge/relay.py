@@ -40,6 +40,10 @@ def is_loopback(host: str) -> bool:
 def check_listeners(settings: Settings) -> None:
     """Refuse an unauthenticated listener on a non-loopback address unless ``insecure``."""
     for source in settings.sources:
+        if not source.allow_events and not source.allow_queries:
+            log.warning(
+                "source allows nothing: set allow_events / allow_queries", source=source.name
+            )
         if source.type != "http":
             continue
         try:

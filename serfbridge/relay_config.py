@@ -108,8 +108,10 @@ class LocalSourceConfig(SourceConfigBase):
 
     @model_validator(mode="after")
     def _no_network_auth(self) -> LocalSourceConfig:
-        if self.token is not None:
-            raise ValueError("a local source is protected by file permissions (mode), not token")
+        if self.token is not None or self.hmac_key is not None:
+            raise ValueError(
+                "a local source is protected by file permissions (mode), not token or hmac_key"
+            )
         return self
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from support.inbound import signature
 
-from serfbridge.errors import Rejected
+from serfbridge.config import load_settings
+from serfbridge.errors import ConfigError, Rejected
 from serfbridge.inbound_auth import Authenticator, Credentials
 from serfbridge.messages import allowed, event_size, parse
 
@@ -178,3 +180,38 @@ def test_require_signature_refuses_token() -> None:
 def test_no_credentials_configured_passes() -> None:
     """A source without token or key (loopback, or insecure = true) checks nothing."""
     Authenticator(None, None).check(Credentials(), BODY)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def _settings_error(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(path))
+    return str(info.value)
+
+
+def test_source_config_errors_name_the_source(tmp_path: Path) -> None:
+    """Bad source keys are reported as sources[i] (type).key."""
+    error = _settings_error(
+        tmp_path, '[[sources]]\ntype = "local"\npath = "/tmp/x.sock"\nhmac_key = "k"\n'
+    )
+    assert "sources[0] (local)" in error
+    assert "file permissions" in error
+    error = _settings_error(tmp_path, '[[sources]]\ntype = "http"\ntls_cert = "c.pem"\n')
+    assert "sources[0] (http): give both tls_cert and tls_key" in error
+    error = _settings_error(tmp_path, '[[sources]]\ntype = "http"\n[[sources]]\ntype = "http"\n')
+    assert "two sources are named 'http'" in error
+    error = _settings_error(tmp_path, '[[sources]]\ntype = "ftp"\n')
+    assert "sources[0]" in error
+
+
+def test_sources_get_their_type_as_default_name(tmp_path: Path) -> None:
+    """name defaults to the type; secrets stay SecretStr."""
+    path = tmp_path / "c.toml"
+    path.write_text('[[sources]]\ntype = "http"\ntoken = "abc"\n')
+    source = load_settings(str(path)).sources[0]
+    assert source.name == "http"
+    assert "abc" not in repr(source)
