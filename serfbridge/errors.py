@@ -94,7 +94,8 @@ class RelayError(SerfbridgeError):
 class Rejected(SerfbridgeError):
     """An inbound message the relay refuses. ``reason`` is a short metric label
     (unauthorized, bad_signature, stale, replayed, rate_limited, malformed, too_large,
-    not_allowed, loop, duplicate, serf_error, serf_unavailable); the text never holds secrets."""
+    not_allowed, loop, duplicate, serf_error, serf_unavailable, internal); the text never
+    holds secrets."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

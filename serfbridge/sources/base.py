@@ -30,8 +30,10 @@ HTTP_STATUS = {
     "rate_limited": 429,
     "serf_error": 502,
     "serf_unavailable": 503,
+    "internal": 500,
 }
-#: Reasons worth trying again later: the message itself is fine.
+#: Reasons worth trying again later: the message itself is fine. (``internal`` is not: one
+#: entry that trips a bug must not block a stream; it is dead-lettered with its reason.)
 RETRYABLE = frozenset({"serf_unavailable", "rate_limited"})
 
 
@@ -131,6 +133,12 @@ class Gate:
             )
             log.warning("message rejected", source=self.name, reason=exc.reason, detail=str(exc))
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a traceback
+            metrics.inc(
+                "serfbridge_relay_messages_rejected_total", source=self.name, reason="internal"
+            )
+            log.error("internal error handling a message", source=self.name, error=repr(exc))
+            raise Rejected("internal", "internal error; see the relay's log") from None
 
     def _handle(
         self, body: bytes, creds: Credentials, default_type: str | None

@@ -35,6 +35,7 @@ REASONS = {
     411: "Length Required",
     413: "Content Too Large",
     429: "Too Many Requests",
+    500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
 }

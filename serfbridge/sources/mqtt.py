@@ -90,6 +90,12 @@ class MqttSource(Source):
         )
 
     def _handle(self, msg: Any) -> None:
+        try:
+            self._handle_one(msg)
+        except Exception as exc:  # noqa: BLE001 - a worker's exception would vanish in its future
+            log.error("mqtt message failed", source=self.name, topic=msg.topic, error=repr(exc))
+
+    def _handle_one(self, msg: Any) -> None:
         delay = 0.2
         while True:
             try:

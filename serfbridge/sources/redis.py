@@ -105,6 +105,9 @@ class RedisSource(Source):
             except redis.RedisError as exc:
                 delay = min(max(delay * 2, 0.5), 30.0)
                 log.error("redis error", source=self.name, error=str(exc), retry_in=delay)
+            except Exception as exc:  # noqa: BLE001 - a bug must not silently end the source
+                delay = min(max(delay * 2, 0.5), 30.0)
+                log.error("redis source failed", source=self.name, error=repr(exc), retry_in=delay)
             if delay:
                 self._stop.wait(delay)
 
