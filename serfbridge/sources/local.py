@@ -31,7 +31,7 @@ MAX_LINE = 1024 * 1024
 class LocalSource(Source):
     def start(self) -> None:
         if sys.platform == "win32":
-            self._start_pipe()
+            self.start_framed("AF_PIPE")
         else:
             self._start_socket()
 
@@ -82,11 +82,15 @@ class LocalSource(Source):
 
     # -- Windows named pipe --------------------------------------------------------------------
 
-    def _start_pipe(self) -> None:
+    def start_framed(self, family: str) -> None:
+        """Serve length-prefixed frames (``multiprocessing.connection``) on ``path``:
+        ``AF_PIPE`` on Windows; the tests run the same code with ``AF_UNIX``."""
         from multiprocessing.connection import Listener
 
+        self._family = family
+        self._closing = False
         try:
-            self.listener = Listener(self.config.path, family="AF_PIPE")
+            self.listener = Listener(self.config.path, family=family)
         except OSError as exc:
             raise RelayError(f"source {self.name}: cannot open {self.config.path}: {exc}") from None
         self.thread = threading.Thread(target=self._accept, name=f"source {self.name}", daemon=True)
@@ -99,6 +103,9 @@ class LocalSource(Source):
                 conn = self.listener.accept()
             except OSError:
                 return  # listener closed by stop()
+            if self._closing:
+                conn.close()
+                return
             threading.Thread(target=self._serve_pipe, args=(conn,), daemon=True).start()
 
     def _serve_pipe(self, conn: Any) -> None:
@@ -111,7 +118,15 @@ class LocalSource(Source):
                 conn.send_bytes(self.answer(body))
 
     def stop(self) -> None:
-        if sys.platform == "win32":
+        if hasattr(self, "listener"):
+            from multiprocessing.connection import Client
+
+            # accept() does not return when its listener is closed: wake it with a connection.
+            self._closing = True
+            try:
+                Client(self.config.path, family=self._family).close()
+            except OSError:
+                pass
             self.listener.close()
         else:
             self.server.shutdown()
