@@ -100,6 +100,12 @@ class MqttSourceConfig(SourceConfigBase):
         default=None, description="Topic that gets refused messages with their reason."
     )
 
+    @model_validator(mode="after")
+    def _no_token(self) -> MqttSourceConfig:
+        if self.token is not None:
+            raise ValueError("MQTT messages carry no bearer token: use hmac_key (signatures)")
+        return self
+
 
 class LocalSourceConfig(SourceConfigBase):
     type: Literal["local"]

@@ -204,6 +204,11 @@ def test_source_config_errors_name_the_source(tmp_path: Path) -> None:
     assert "sources[0] (http): give both tls_cert and tls_key" in error
     error = _settings_error(tmp_path, '[[sources]]\ntype = "http"\n[[sources]]\ntype = "http"\n')
     assert "two sources are named 'http'" in error
+    error = _settings_error(
+        tmp_path,
+        '[[sources]]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:1"\ntopic = "t"\ntoken = "x"\n',
+    )
+    assert "sources[0] (mqtt): MQTT messages carry no bearer token" in error
     error = _settings_error(tmp_path, '[[sources]]\ntype = "ftp"\n')
     assert "sources[0]" in error
 
