@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--queue", action="store_true", help="pending entries")
     which.add_argument("--rejected", action="store_true", help="input that could not be parsed")
     _add_route(sub)
+    sub.add_parser(
+        "relay",
+        help="run the relay: inbound HTTP/MQTT/Redis/local messages -> Serf events and queries",
+    )
     demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--dir", help="working directory (default: a new temporary one)")
@@ -138,6 +142,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                 failures += 1
                 line += f": UNREACHABLE: {exc}"
         print(line)
+    for source in settings.sources:
+        events = ",".join(source.allow_events) or "-"
+        queries = ",".join(source.allow_queries) or "-"
+        print(f"source {source.name}: type={source.type} events={events} queries={queries}")
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
@@ -234,6 +242,18 @@ def cmd_route(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from .relay import check_listeners, serve
+
+    settings = _settings(args.config)
+    # Refusals go to stderr, where the operator starting the relay looks.
+    check_listeners(settings)
+    _configure_log(settings)
+    path = paths.config_path(args.config)
+    serve(settings, path if os.path.exists(path) else None)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -248,6 +268,7 @@ COMMANDS = {
     "spool": cmd_spool,
     "demo": cmd_demo,
     "route": cmd_route,
+    "relay": cmd_relay,
 }
 
 

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from . import filters, paths, render, when
 from .errors import ConfigError
+from .relay_config import RelayConfig, SourceConfig
 from .sinks import SINK_TYPES
 from .sinks.base import When
 from .sinks.command import CommandSinkConfig
@@ -34,6 +35,7 @@ from .sinks.members import MembersSinkConfig
 from .sinks.mqtt import MqttSinkConfig
 from .sinks.redis import RedisSinkConfig
 from .sinks.webhook import WebhookSinkConfig
+from .sources import SOURCE_TYPES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -144,6 +146,8 @@ class Settings(BaseSettings):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     sinks: list[SinkConfig] | None = None
     responders: list[ResponderConfig] = Field(default_factory=list)
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
 
     @classmethod
     def settings_customise_sources(
@@ -176,6 +180,16 @@ class Settings(BaseSettings):
                 sink.use_agent(self.serf.rpc_addr, auth, self.serf.rpc_timeout)
         return self
 
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for source in sources:
+            if source.name in seen:
+                raise ValueError(f"two sources are named {source.name!r}; set name = ...")
+            seen.add(source.name)
+        return sources
+
     @property
     def state_path(self) -> str:
         """``state_dir`` with ``~`` expanded, made absolute: what every component uses."""
@@ -189,6 +203,9 @@ class Settings(BaseSettings):
         return [FileSinkConfig(type="file", name=DEFAULT_SINK_NAME, path=path)]
 
 
+_UNION_TAGS = frozenset(SINK_TYPES) | frozenset(SOURCE_TYPES)
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     """``("sinks", 0, "webhook", "url")`` -> ``sinks[0] (webhook).url``."""
     out = ""
@@ -197,7 +214,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
         part = parts.pop(0)
         if isinstance(part, int):
             out += f"[{part}]"
-            if parts and out.startswith("sinks") and parts[0] in SINK_TYPES:
+            if parts and out.startswith(("sinks", "sources")) and parts[0] in _UNION_TAGS:
                 out += f" ({parts.pop(0)})"
         else:
             out += ("." if out else "") + part

@@ -10,9 +10,12 @@
     ├── SinkError                           a sink failed to deliver (handled by the deliverer)
     │   ├── SinkUnavailable                 retryable: network error, timeout, 5xx/408/429
     │   └── SinkRejected                    not retryable: the receiver refused this event
-    └── SerfError                   exit 7  talking to the Serf agent failed
-        ├── SerfUnavailable                 retryable: agent down, connection reset, timeout
-        └── SerfCommandError                the agent answered with an error
+    ├── SerfError                   exit 7  talking to the Serf agent failed
+    │   ├── SerfUnavailable                 retryable: agent down, connection reset, timeout
+    │   └── SerfCommandError                the agent answered with an error
+    ├── RelayError                  exit 9  the relay cannot run (listener, broker, socket)
+    └── Rejected                            one inbound relay message refused; ``reason``
+                                            names why (counted, logged, never exits)
 
 Only ``serfbridge.cli`` turns these into a log line and an exit code.
 """
@@ -28,6 +31,7 @@ EXIT_TRUNCATED = 5
 EXIT_SPOOL = 6
 EXIT_UNREACHABLE = 6  # `check --connect`: a sink could not be reached
 EXIT_SERF = 7
+EXIT_RELAY = 9
 
 
 class SerfbridgeError(Exception):
@@ -82,3 +86,18 @@ class SerfCommandError(SerfError):
     def __init__(self, message: str, *, command: str = "") -> None:
         super().__init__(message)
         self.command = command
+
+
+class RelayError(SerfbridgeError):
+    exit_code = EXIT_RELAY
+
+
+class Rejected(SerfbridgeError):
+    """An inbound message the relay refuses. ``reason`` is a short metric label
+    (unauthorized, bad_signature, stale, replayed, rate_limited, malformed, too_large,
+    not_allowed, loop, duplicate, serf_error, serf_unavailable, internal); the text never
+    holds secrets."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -126,13 +126,13 @@ def deliverer_running(state_dir: str) -> bool:
 
 def deliverer_argv(config: str | None) -> list[str]:
     """How to start ``serfbridge deliver`` with this very installation."""
-    if getattr(sys, "frozen", False):
-        argv = [sys.executable, "deliver"]
-    else:
-        argv = [sys.executable, "-m", "serfbridge", "deliver"]
+    argv = (
+        [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "serfbridge"]
+    )
     if config:
+        # --config is an option of the top-level parser: it must come before the command.
         argv += ["--config", config]
-    return argv
+    return [*argv, "deliver"]
 
 
 def spawn_deliverer(config: str | None) -> None:
