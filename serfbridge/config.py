@@ -87,7 +87,9 @@ class DeliveryConfig(_Section):
     linger: float = Field(
         default=30.0, ge=0, description="Seconds the deliverer stays after the spool drains."
     )
-    poll_interval: float = Field(default=0.025, gt=0, le=5)
+    poll_interval: float = Field(
+        default=0.01, gt=0, le=5, description="Seconds between looks at the spool for new events."
+    )
 
 
 class ResponderConfig(_Section):

@@ -94,6 +94,9 @@ class SinkWorker:
     delivered: int = 0
     failed: bool = False
     _sink: Any = field(default=None, repr=False)
+    # Set by fan_out when it queues an entry here, so the worker starts at once instead of
+    # at its next poll (which only catches what a wake-up could miss).
+    nudge: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def queue(self) -> str:
@@ -175,7 +178,8 @@ class SinkWorker:
                 if not self.step(wake_seen.is_set()):
                     if self.drain and not _json_files(self.queue):
                         return
-                    self.stop.wait(self.delivery.poll_interval)
+                    self.nudge.wait(self.delivery.poll_interval)
+                    self.nudge.clear()
         finally:
             self._close()
 
@@ -209,7 +213,7 @@ class Deliverer:
                 os.makedirs(spool_dir(self.state_dir, "rejected"), exist_ok=True)
                 os.replace(src, spool_dir(self.state_dir, "rejected", name))
                 continue
-            touched = set()
+            touched: set[str] = set()
             for sink_name in targets:
                 queue = spool_dir(self.state_dir, "queue", sink_name)
                 os.makedirs(queue, exist_ok=True)
@@ -231,6 +235,9 @@ class Deliverer:
                     write_atomic(queue, part, json.dumps({"event": doc}).encode(), durable=False)
             for queue in touched:
                 fsync_dir(queue)
+            for worker in self.workers:
+                if worker.queue in touched:
+                    worker.nudge.set()
             os.unlink(src)
             moved += 1
         return moved
@@ -278,6 +285,8 @@ class Deliverer:
                 time.sleep(self.settings.delivery.poll_interval)
         finally:
             self.stop.set()
+            for w in self.workers:
+                w.nudge.set()
             for t in threads:
                 # A send is bounded by its sink's own timeout; this only guards against a bug.
                 t.join(timeout=30.0)
