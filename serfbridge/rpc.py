@@ -277,6 +277,12 @@ class SerfRPC:
                     rec.get("Payload"),
                     elapsed,
                 )
+                if record.type in ("ack", "response") and not record.node:
+                    # Serf's stream loop (ipc_query_response_stream.go) keeps receiving from
+                    # the query's ack/response channels after the query closed them until its
+                    # own deadline timer fires, and forwards each zero value: records with no
+                    # sender. They carry nothing; keep them out of the result.
+                    continue
                 if record.type == "ack" and record.node not in result.ack_times:
                     result.acks.append(record.node)
                     result.ack_times[record.node] = elapsed

@@ -363,3 +363,48 @@ def test_join_and_leave(agents: Agents) -> None:
         assert j2.proc.wait(timeout=20) == 0
         with pytest.raises(SerfUnavailable):
             serf.members()
+
+
+def _replay_serf(sock: socket.socket, records: list[dict[str, object]]) -> None:
+    """Answer a handshake and one query the way Serf's IPC does, then send ``records``."""
+    import msgpack
+
+    conn, _ = sock.accept()
+    unpacker = msgpack.Unpacker(raw=False)
+    requests: list[dict[str, object]] = []
+
+    def read(count: int) -> dict[str, object]:
+        """The header of the request that completes ``count`` objects (header, body)."""
+        while len(requests) < count:
+            unpacker.feed(conn.recv(65536))
+            requests.extend(unpacker)
+        return requests[count - 2]
+
+    with conn:
+        conn.sendall(msgpack.packb({"Seq": read(2)["Seq"], "Error": ""}))  # handshake
+        seq = read(4)["Seq"]
+        conn.sendall(msgpack.packb({"Seq": seq, "Error": ""}))  # the query was accepted
+        for record in records:
+            conn.sendall(msgpack.packb({"Seq": seq, "Error": ""}) + msgpack.packb(record))
+        conn.recv(1)  # until the client hangs up
+
+
+def test_query_ignores_records_without_a_sender() -> None:
+    """Serf forwards zero values from closed channels as acks/responses from "": dropped."""
+    records: list[dict[str, object]] = [
+        {"Type": "ack", "From": "n1", "Payload": None},
+        {"Type": "response", "From": "n1", "Payload": b"up"},
+        {"Type": "ack", "From": "", "Payload": None},
+        {"Type": "response", "From": "", "Payload": None},
+        {"Type": "done", "From": "", "Payload": None},
+    ]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        server = threading.Thread(target=_replay_serf, args=(sock, records), daemon=True)
+        server.start()
+        with SerfRPC(f"127.0.0.1:{sock.getsockname()[1]}", timeout=5) as rpc:
+            result = rpc.query("load", timeout=1)
+        server.join(5)
+    assert result.acks == ["n1"]
+    assert result.responses == {"n1": b"up"}
