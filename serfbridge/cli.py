@@ -32,11 +32,26 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
 
 
 def version_text() -> str:
-    kind = "frozen" if getattr(sys, "frozen", False) else "source"
-    py = ".".join(str(v) for v in sys.version_info[:3])
+    """Version, how this copy was built and where it runs.
+
+    A frozen build carries ``serfbridge/_build.py``, written by installers/serfbridge.spec:
+    build mode, build platform, Python, PyInstaller and the source commit.
+    """
     import platform
 
-    return f"serfbridge {__version__} ({kind}, python {py}, {sys.platform}-{platform.machine()})"
+    py = ".".join(str(v) for v in sys.version_info[:3])
+    here = f"{sys.platform}-{platform.machine()}"
+    try:
+        from ._build import BUILD  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        kind = "frozen" if getattr(sys, "frozen", False) else "source"
+        return f"serfbridge {__version__} ({kind}, python {py}, {here})"
+    extra = f", {BUILD['build_id']}" if BUILD.get("build_id") else ""
+    return (
+        f"serfbridge {__version__} (frozen {BUILD['mode']}, python {py}, {here}; "
+        f"built on {BUILD['platform']} from {BUILD['commit']} "
+        f"with PyInstaller {BUILD['pyinstaller']}{extra})"
+    )
 
 
 def _guarded(fn: Callable[[], int], quiet: bool) -> int:

@@ -21,15 +21,25 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .cli import version_text
+class _VersionAction(argparse.Action):
+    """argparse's own version action re-wraps the text; the build details must stay one line."""
 
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from .cli import version_text
+
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="serfbridge",
         description="Serf event handler and bridge. Run bare as `serf agent -event-handler "
         "serfbridge`: it reads SERF_* variables and stdin and records the event.",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="show version and build, then exit"
+    )
     parser.add_argument(
         "--config",
         metavar="PATH",
