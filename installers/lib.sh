@@ -58,3 +58,13 @@ apt_need() {
 source_date_epoch() {
     git -C "$SERFBRIDGE_ROOT" log -1 --format=%ct 2>/dev/null || date +%s
 }
+
+# The checkout's commit as --version shows it ("-dirty" when serfbridge/ has local changes).
+source_commit() {
+    local c
+    c="$(git -C "$SERFBRIDGE_ROOT" rev-parse --short=12 HEAD 2>/dev/null)" || { echo unknown; return; }
+    if [ -n "$(git -C "$SERFBRIDGE_ROOT" status --porcelain --untracked-files=no -- serfbridge)" ]; then
+        c="$c-dirty"
+    fi
+    echo "$c"
+}

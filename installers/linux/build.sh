@@ -50,7 +50,7 @@ build_mode() {
         (cd "$work" && "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
             --distpath "$work/dist" --workpath "$work/build" \
             "$SERFBRIDGE_ROOT/installers/serfbridge.spec" -- --mode "$mode" \
-            --build-id "${SERFBRIDGE_BUILD_ID:-}") >&2
+            --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") >&2
         rm -rf "$cached"; mkdir -p "$cached"
         cp -a "$work/dist/serfbridge" "$cached/serfbridge"
         touch "$cached/done"
