@@ -54,6 +54,14 @@ apt_need() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# apt_need_pkg PACKAGE ... : for packages without a command of their own.
+apt_need_pkg() {
+    local pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || apt_need "__missing_$pkg:$pkg"
+    done
+}
+
 # Seconds since the epoch of the last commit: fixed timestamps make the archives reproducible.
 source_date_epoch() {
     git -C "$SERFBRIDGE_ROOT" log -1 --format=%ct 2>/dev/null || date +%s

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--dead", action="store_true", help="dead letters (default for retry)")
     which.add_argument("--queue", action="store_true", help="pending entries")
     which.add_argument("--rejected", action="store_true", help="input that could not be parsed")
+    service = sub.add_parser(
+        "service",
+        help="Windows: host `serfbridge relay` (or COMMAND) as the serfbridge-relay service; "
+        "started by the service control manager, not by hand",
+    )
+    service.add_argument("service_command", nargs=argparse.REMAINDER, metavar="COMMAND")
     demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--dir", help="working directory (default: a new temporary one)")
@@ -152,6 +158,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.nodes, args.dir)
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from .winservice import run_service
+
+    settings = _settings(args.config)
+    return run_service(args.config, list(args.service_command), lambda: _configure_log(settings))
+
+
 COMMANDS = {
     "check": cmd_check,
     "schema": cmd_schema,
@@ -159,6 +172,7 @@ COMMANDS = {
     "flush": cmd_flush,
     "spool": cmd_spool,
     "demo": cmd_demo,
+    "service": cmd_service,
 }
 
 

@@ -84,6 +84,8 @@ rm -rf "$OUT/serfbridge" "$OUT/serfbridge-onefile.exe"
 mv "$OUT/onedir/serfbridge" "$OUT/serfbridge"; rmdir "$OUT/onedir"
 mv "$OUT/onefile/serfbridge.exe" "$OUT/serfbridge-onefile.exe"; rmdir "$OUT/onefile"
 wine_run "$OUT/serfbridge/serfbridge.exe" --version >&2
+# The tests run the exe in the same prefix (it has the ProcessPrng stand-in).
+printf '%s\n' "$WINEPREFIX" > "$OUT/wineprefix.txt"
 
 size() { du -sk "$1" | cut -f1; }
 {

