@@ -34,23 +34,28 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
 def version_text() -> str:
     """Version, how this copy was built and where it runs.
 
-    A frozen build carries ``serfbridge/_build.py``, written by installers/serfbridge.spec:
-    build mode, build platform, Python, PyInstaller and the source commit.
+    A frozen build carries ``serfbridge-build.json`` at its root, written by
+    installers/serfbridge.spec: build mode, build platform, Python, PyInstaller and commit.
     """
     import platform
 
     py = ".".join(str(v) for v in sys.version_info[:3])
     here = f"{sys.platform}-{platform.machine()}"
+    bundle = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or bundle is None:
+        return f"serfbridge {__version__} (source, python {py}, {here})"
+    import json
+
     try:
-        from ._build import BUILD  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        kind = "frozen" if getattr(sys, "frozen", False) else "source"
-        return f"serfbridge {__version__} ({kind}, python {py}, {here})"
-    extra = f", {BUILD['build_id']}" if BUILD.get("build_id") else ""
+        with open(os.path.join(bundle, "serfbridge-build.json"), encoding="utf-8") as fh:
+            build = json.load(fh)
+    except (OSError, ValueError):
+        return f"serfbridge {__version__} (frozen, python {py}, {here}; no build record)"
+    extra = f", {build['build_id']}" if build.get("build_id") else ""
     return (
-        f"serfbridge {__version__} (frozen {BUILD['mode']}, python {py}, {here}; "
-        f"built on {BUILD['platform']} from {BUILD['commit']} "
-        f"with PyInstaller {BUILD['pyinstaller']}{extra})"
+        f"serfbridge {__version__} (frozen {build['mode']}, python {py}, {here}; "
+        f"built on {build['platform']} from {build['commit']} "
+        f"with PyInstaller {build['pyinstaller']}{extra})"
     )
 
 

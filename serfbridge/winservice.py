@@ -6,14 +6,15 @@ A program the service control manager (SCM) starts must call StartServiceCtrlDis
 (pywin32's servicemanager would add ~10 MB and DLL placement rules to the frozen build).
 
 The service process only supervises: it starts ``serfbridge.exe [--config PATH] relay`` as a
-child and reports RUNNING; on STOP or SHUTDOWN it ends the child (TerminateProcess: a service
-has no console to deliver Ctrl+Break to, so the relay must be, and is designed to be, safe to
-stop at any point) and reports STOPPED. When the child exits by itself the service stops with
+child and reports RUNNING; on STOP or SHUTDOWN it ends the child with TerminateProcess and
+reports STOPPED. A service has no console, so there is no Ctrl+Break to send: the supervised
+command must tolerate a hard stop at any point (the relay's contract; `deliver` does, as its
+spool moves are atomic renames). When the child exits by itself the service stops with
 ``ERROR_SERVICE_SPECIFIC_ERROR`` and the child's exit code, so the SCM's recovery actions
 (the installer sets "restart after 5 s") apply. Installed by installers/windows/serfbridge.nsi:
 
     sc.exe create serfbridge-relay binPath= "\"C:\\Program Files\\serfbridge\\serfbridge.exe\"
-        service" start= auto
+        --config \"C:\\ProgramData\\serfbridge\\serfbridge.toml\" service" start= demand
 """
 
 from __future__ import annotations

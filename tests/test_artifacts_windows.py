@@ -300,7 +300,110 @@ def test_mixed_cluster_events_and_queries_cross_platforms(
         assert answer["Responses"].get("win") == "pong from win", answer
         assert answer["Responses"].get("lin") == "pong from lin", answer
         assert {"lin", "win"} <= set(answer["Acks"])
+        # Still to add when `serfbridge relay` lands: run it against `lin`, have it raise a
+        # user event, and wait for that event in win_node.events() as above.
     finally:
         for agent in agents:
             agent.stop()
         linux.kill_deliverer()
+
+
+# -- NSIS installer and the service host --------------------------------------------------
+
+INSTALL_DIR = r"C:\Program Files\serfbridge"
+ENV_KEY = r"HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment"
+SERVICES_KEY = r"HKLM\SYSTEM\CurrentControlSet\Services"
+
+
+def _reg_value(wine: Wine, key: str, name: str) -> str | None:
+    proc = wine.run(["reg", "query", key, "/v", name], timeout=60)
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0] == name:
+            return parts[2].strip()
+    return None
+
+
+def _sc(wine: Wine, *args: str) -> str:
+    proc = wine.run(["sc", *args], timeout=60)
+    return proc.stdout.decode(errors="replace")
+
+
+def _service_state(wine: Wine, name: str) -> str:
+    for line in _sc(wine, "query", name).splitlines():
+        if "STATE" in line:
+            return line.split()[-1]
+    return "MISSING"
+
+
+@pytest.fixture
+def setup_exe(windows_dist: Path) -> Path:
+    found = sorted(windows_dist.glob("serfbridge-*-setup.exe"))
+    if len(found) != 1:
+        pytest.fail(f"expected one installer in {windows_dist}: run build-installer.sh",
+                    pytrace=False)  # fmt: skip
+    return found[0]
+
+
+def test_installer_installs_service_path_config_and_uninstalls_clean(
+    wine: Wine, setup_exe: Path, win_node: WindowsNode
+) -> None:
+    """setup.exe /S: Program Files, %ProgramData% config, PATH, the serfbridge-relay service;
+    the installed service host starts and stops its command; uninstall removes all but data."""
+    config = wine.host_path(PROGRAM_DATA_CONFIG)
+    config.unlink(missing_ok=True)
+    installed = wine.host_path(INSTALL_DIR)
+    assert not installed.exists(), "a previous install was not removed"
+    uninstaller = INSTALL_DIR + r"\uninstall.exe"
+    key = SERVICES_KEY + r"\serfbridge-relay"
+    try:
+        proc = wine.run([str(setup_exe), "/S"], timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for name in ("serfbridge.exe", "_internal", "uninstall.exe", "serfbridge.example.toml"):
+            assert (installed / name).exists(), name
+        assert not list(installed.rglob("bcryptprimitives.dll"))
+        assert config.read_text() == (installed / "serfbridge.example.toml").read_text()
+        path = _reg_value(wine, ENV_KEY, "Path") or ""
+        assert INSTALL_DIR in path.split(";"), path
+        assert _reg_value(wine, key, "ImagePath") == (
+            f'"{INSTALL_DIR}\\serfbridge.exe" --config "{PROGRAM_DATA_CONFIG}" service'
+        )
+        assert _reg_value(wine, key, "Start") == "0x3"  # manual, like the disabled Linux unit
+        version = wine.run([INSTALL_DIR + r"\serfbridge.exe", "--version"])
+        assert version.stdout.startswith(f"serfbridge {__version__} (frozen onedir".encode())
+
+        # The service host under the real service manager: a second service, same exe, that
+        # supervises `deliver` (which, unlike the relay, exists on every branch and stays up
+        # for `linger` seconds), started and stopped with sc.exe.
+        win_node.write_config("[delivery]\nlinger = 600\n")
+        test_service = "serfbridge-host-test"
+        command = (
+            f'"{INSTALL_DIR}\\serfbridge.exe" --config "{PROGRAM_DATA_CONFIG}" service deliver'
+        )
+        _sc(wine, "create", test_service, "binPath=", command)
+        try:
+            _sc(wine, "start", test_service)
+            wait_for(lambda: _service_state(wine, test_service) == "RUNNING", 60,
+                     what="service RUNNING", detail=win_node.log_tail)  # fmt: skip
+            wait_for(lambda: "deliverer started" in win_node.log_tail(), 60,
+                     what="the deliverer to start", detail=win_node.log_tail)  # fmt: skip
+            _sc(wine, "stop", test_service)
+            wait_for(lambda: _service_state(wine, test_service) == "STOPPED", 60,
+                     what="service STOPPED", detail=win_node.log_tail)  # fmt: skip
+            assert 'msg="service: stopped"' in win_node.log_tail()
+        finally:
+            _sc(wine, "stop", test_service)
+            _sc(wine, "delete", test_service)
+
+        proc = wine.run([uninstaller, "/S"], timeout=120)
+        assert proc.returncode == 0
+        # The uninstaller re-runs itself from %TEMP% and returns at once: wait for it.
+        wait_for(lambda: not installed.exists(), 120, what="the install dir to go away")
+    finally:
+        if installed.exists():
+            wine.run([uninstaller, "/S"], timeout=120)
+    assert _reg_value(wine, key, "ImagePath") is None
+    assert INSTALL_DIR not in (_reg_value(wine, ENV_KEY, "Path") or "").split(";")
+    uninst_key = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall\serfbridge"
+    assert _reg_value(wine, uninst_key, "DisplayName") is None
+    assert config.exists()  # configuration and spool are the user's data: kept

@@ -95,7 +95,9 @@ Section "serfbridge"
   Pop $0
   nsExec::ExecToLog '"$SYSDIR\sc.exe" delete ${SERVICE}'
   Pop $0
-  nsExec::ExecToLog '"$SYSDIR\sc.exe" create ${SERVICE} binPath= "\"$INSTDIR\serfbridge.exe\" service" start= demand DisplayName= "serfbridge relay"'
+  ; The config path is spelled out: a service's %ProgramData% is not always the machine's
+  ; (wine gives services C:\users\Public), and the path must not depend on it.
+  nsExec::ExecToLog '"$SYSDIR\sc.exe" create ${SERVICE} binPath= "\"$INSTDIR\serfbridge.exe\" --config \"$APPDATA\serfbridge\serfbridge.toml\" service" start= demand DisplayName= "serfbridge relay"'
   Pop $0
   ${If} $0 != 0
     DetailPrint "sc.exe create ${SERVICE} failed ($0)"
