@@ -38,7 +38,7 @@ gzip -9n < "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" \
 install -m 0755 "$HERE/debian/postinst" "$HERE/debian/prerm" "$HERE/debian/postrm" "$PKG/DEBIAN/"
 echo /etc/serfbridge/serfbridge.toml > "$PKG/DEBIAN/conffiles"
 # The bundled libraries need this glibc at least: the one the build machine has.
-GLIBC="$(ldd --version | head -1 | awk '{print $NF}')"
+GLIBC="$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"  # no pipe into head: pipefail + SIGPIPE
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$DEB_ARCH/" \
     -e "s/@SIZE@/$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)/" \
     -e "s/@DEPENDS@/libc6 (>= $GLIBC)/" "$HERE/debian/control.in" > "$PKG/DEBIAN/control"

