@@ -17,7 +17,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 START=$SECONDS
-apt_need dpkg-deb:dpkg fakeroot:fakeroot
+apt_need dpkg-deb:dpkg
+python3 -c "import venv, ensurepip" 2>/dev/null || apt_need_pkg python3-venv
 VERSION="$(serfbridge_version)"
 ARCH_DEB="$(dpkg --print-architecture)"
 ARCH="$(uname -m)"
