@@ -76,3 +76,13 @@ source_commit() {
     fi
     echo "$c"
 }
+
+# prune_cache GLOB [KEEP]: keep the KEEP (default 3) newest cache entries matching GLOB, so the
+# cache does not grow by a build per source change.
+prune_cache() {
+    local glob="$1" keep="${2:-3}" old
+    # shellcheck disable=SC2012  # cache entry names are hex hashes: ls -t is safe here
+    ls -1dt $BUILD_CACHE/$glob 2>/dev/null | tail -n +"$((keep + 1))" | while read -r old; do
+        rm -rf "$old"
+    done
+}

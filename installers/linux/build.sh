@@ -56,6 +56,7 @@ build_mode() {
         cp -a "$work/dist/serfbridge" "$cached/serfbridge"
         touch "$cached/done"
         rm -rf "$work"
+        prune_cache "linux-$1-*"
     else
         say "$mode build: cached ($cached)"
     fi

@@ -73,6 +73,7 @@ build_mode() {
         cp -a "$work/dist/." "$cached/"
         touch "$cached/done"
         rm -rf "$work"
+        prune_cache "win-$1-*"
     else
         say "Windows $mode build: cached ($cached)"
     fi
