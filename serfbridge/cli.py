@@ -32,11 +32,31 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
 
 
 def version_text() -> str:
-    kind = "frozen" if getattr(sys, "frozen", False) else "source"
-    py = ".".join(str(v) for v in sys.version_info[:3])
+    """Version, how this copy was built and where it runs.
+
+    A frozen build carries ``serfbridge-build.json`` at its root, written by
+    installers/serfbridge.spec: build mode, build platform, Python, PyInstaller and commit.
+    """
     import platform
 
-    return f"serfbridge {__version__} ({kind}, python {py}, {sys.platform}-{platform.machine()})"
+    py = ".".join(str(v) for v in sys.version_info[:3])
+    here = f"{sys.platform}-{platform.machine()}"
+    bundle = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or bundle is None:
+        return f"serfbridge {__version__} (source, python {py}, {here})"
+    import json
+
+    try:
+        with open(os.path.join(bundle, "serfbridge-build.json"), encoding="utf-8") as fh:
+            build = json.load(fh)
+    except (OSError, ValueError):
+        return f"serfbridge {__version__} (frozen, python {py}, {here}; no build record)"
+    extra = f", {build['build_id']}" if build.get("build_id") else ""
+    return (
+        f"serfbridge {__version__} (frozen {build['mode']}, python {py}, {here}; "
+        f"built on {build['platform']} from {build['commit']} "
+        f"with PyInstaller {build['pyinstaller']}{extra})"
+    )
 
 
 def _guarded(fn: Callable[[], int], quiet: bool) -> int:

@@ -21,15 +21,25 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .cli import version_text
+class _VersionAction(argparse.Action):
+    """argparse's own version action re-wraps the text; the build details must stay one line."""
 
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from .cli import version_text
+
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="serfbridge",
         description="Serf event handler and bridge. Run bare as `serf agent -event-handler "
         "serfbridge`: it reads SERF_* variables and stdin and records the event.",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="show version and build, then exit"
+    )
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -56,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         help="run the relay: inbound HTTP/MQTT/Redis/local messages -> Serf events and queries",
     )
+    service = sub.add_parser(
+        "service",
+        help="Windows: host `serfbridge relay` (or COMMAND) as the serfbridge-relay service; "
+        "started by the service control manager, not by hand",
+    )
+    service.add_argument("service_command", nargs=argparse.REMAINDER, metavar="COMMAND")
     demo = sub.add_parser("demo", help="start a local 3-node Serf cluster and show the JSON")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--dir", help="working directory (default: a new temporary one)")
@@ -260,6 +276,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.nodes, args.dir)
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from .winservice import run_service
+
+    settings = _settings(args.config)
+    return run_service(args.config, list(args.service_command), lambda: _configure_log(settings))
+
+
 COMMANDS = {
     "check": cmd_check,
     "schema": cmd_schema,
@@ -269,6 +292,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "route": cmd_route,
     "relay": cmd_relay,
+    "service": cmd_service,
 }
 
 

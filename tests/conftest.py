@@ -24,6 +24,35 @@ if TYPE_CHECKING:
 _SERFBRIDGE_BIN = os.environ.get("SERFBRIDGE_BIN")
 # CI sets this: a skipped test there hides a missing server or binary, so it fails instead.
 _REQUIRE_ALL = os.environ.get("SERFBRIDGE_REQUIRE_ALL") == "1"
+# Where the built artifacts are (installers/*/build*.sh write dist/linux and dist/windows).
+_SERFBRIDGE_DIST = Path(
+    os.environ.get("SERFBRIDGE_DIST") or Path(__file__).resolve().parent.parent / "dist"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--artifacts",
+        action="store_true",
+        help="also run the tests of built artifacts (markers artifact, wine): build them "
+        "first, see docs/building.md",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Artifact tests need a build: without --artifacts they are deselected, never skipped."""
+    if config.getoption("--artifacts"):
+        return
+    keep = [i for i in items if i.get_closest_marker("artifact") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def dist_dir() -> Path:
+    """The artifacts directory ($SERFBRIDGE_DIST, default <checkout>/dist)."""
+    return _SERFBRIDGE_DIST
 
 
 @pytest.hookimpl(hookwrapper=True)

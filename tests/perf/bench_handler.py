@@ -13,6 +13,8 @@ Rows:
   the "tiny forwarder" that serfbridge is compared against;
 * ``serfbridge/default``, ``serfbridge/file`` and, with ``--network``,
   ``serfbridge/network``: the handler under test, one state dir and config file each;
+* ``--frozen LABEL=PATH``: another serfbridge executable (PyInstaller one-file / one-folder),
+  rows ``LABEL/default`` ...;
 * ``--handler NAME=CMD``: anything else you want in the same table.
 
 Runs are interleaved round-robin across handlers so machine noise hits all rows alike. The
@@ -21,7 +23,14 @@ numbers are for comparison within one run; nothing here is asserted by the unit 
 Usage::
 
     python tests/perf/bench_handler.py [--runs N] [--warmup N] [--handler NAME=CMD ...]
-                                       [--serfbridge PATH] [--network] [--json OUT]
+                                       [--serfbridge PATH] [--frozen LABEL=PATH ...]
+                                       [--configs default,file] [--network] [--json OUT]
+
+Frozen builds next to the source install, in one run::
+
+    python tests/perf/bench_handler.py --configs default \\
+        --frozen onefile=dist/linux/serfbridge-onefile \\
+        --frozen onedir=dist/linux/serfbridge/serfbridge
 
 Standard library only, so it also runs against a frozen serfbridge binary on a bare host.
 """
@@ -175,24 +184,35 @@ def default_serfbridge_command(explicit: str | None) -> tuple[str, str | None]:
     return f"{shlex.quote(sys.executable)} -m serfbridge", None
 
 
-def serfbridge_handlers(args: argparse.Namespace, root: Path, receiver: Receiver) -> list[Handler]:
-    command, error = default_serfbridge_command(args.serfbridge)
+def serfbridge_handlers(
+    args: argparse.Namespace,
+    root: Path,
+    receiver: Receiver,
+    label: str = "serfbridge",
+    binary: str | None = None,
+) -> list[Handler]:
+    """One row per config (default, file, network) for one serfbridge executable."""
+    explicit = args.serfbridge if label == "serfbridge" else binary
+    command, error = default_serfbridge_command(explicit)
     configs: list[tuple[str, str | None, str | None]] = []  # (name, sink_file, hook_path)
-    configs.append(("default", "events.jsonl", None))
-    configs.append(("file", "out.jsonl", None))
+    if "default" in args.configs:
+        configs.append(("default", "events.jsonl", None))
+    if "file" in args.configs:
+        configs.append(("file", "out.jsonl", None))
     if args.network:
         # With --webhook-url the deliveries go elsewhere and cannot be counted here.
-        configs.append(("network", None, None if args.webhook_url else HOOK_PATH))
+        hook = None if args.webhook_url else f"{HOOK_PATH}/{label}"
+        configs.append(("network", None, hook))
     handlers = []
     for name, sink_file, hook_path in configs:
-        base = root / f"serfbridge-{name}"
+        base = root / f"{label}-{name}"
         state = base / "state"
         state.mkdir(parents=True)
         conf = base / "serfbridge.toml"
-        text = serfbridge_config(name, str(state), args, receiver)
+        text = serfbridge_config(name, str(state), args, receiver, label)
         conf.write_text(text, encoding="utf-8")
         handler = Handler(
-            name=f"serfbridge/{name}",
+            name=f"{label}/{name}",
             kind="serfbridge",
             command=command,
             extra_env={"SERFBRIDGE_STATE_DIR": str(state), "SERFBRIDGE_CONFIG": str(conf)},
@@ -205,14 +225,16 @@ def serfbridge_handlers(args: argparse.Namespace, root: Path, receiver: Receiver
     return handlers
 
 
-def serfbridge_config(name: str, state: str, args: argparse.Namespace, receiver: Receiver) -> str:
+def serfbridge_config(
+    name: str, state: str, args: argparse.Namespace, receiver: Receiver, label: str
+) -> str:
     if name == "default":
         # No sinks: the embedded default file sink writes <state>/events.jsonl.
         return f"state_dir = {toml_str(state)}\n"
     if name == "file":
         path = os.path.join(state, "out.jsonl")
         return f'[[sinks]]\ntype = "file"\nname = "local"\npath = {toml_str(path)}\n'
-    hook = args.webhook_url or receiver.url(HOOK_PATH)
+    hook = args.webhook_url or receiver.url(f"{HOOK_PATH}/{label}")
     return (
         f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = {toml_str(hook)}\n\n'
         f'[[sinks]]\ntype = "redis"\nname = "stream"\nurl = {toml_str(args.redis_url)}\n'
@@ -502,6 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="serfbridge executable (frozen binary); default $SERFBRIDGE_BIN, else the "
         "console script next to sys.executable, else `sys.executable -m serfbridge`",
     )
+    p.add_argument(
+        "--frozen",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="another serfbridge executable (e.g. onefile=dist/linux/serfbridge-onefile "
+        "onedir=dist/linux/serfbridge/serfbridge), timed in the same run as LABEL/<config> "
+        "rows (repeatable)",
+    )
+    p.add_argument(
+        "--configs",
+        default="default,file",
+        help="serfbridge configs to time per executable, comma-separated from default,file "
+        "(default both; --network adds network)",
+    )
     p.add_argument("--network", action="store_true", help="also measure webhook+redis+mqtt")
     p.add_argument("--webhook-url", help="webhook sink URL (default: the local receiver)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
@@ -570,6 +607,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         names.add(name)
         custom.append((name, cmd))
     args.custom = custom
+    args.configs = {c.strip() for c in args.configs.split(",") if c.strip()}
+    if not args.configs <= {"default", "file"}:
+        parser.error("--configs takes default and/or file")
+    frozen: list[tuple[str, str]] = []
+    for spec in args.frozen:
+        label, sep, path = spec.partition("=")
+        label = label.strip()
+        if not sep or not label or "/" in label or not path:
+            parser.error(f"--frozen wants LABEL=PATH, got {spec!r}")
+        if label == "serfbridge" or any(label == f[0] for f in frozen):
+            parser.error(f"duplicate or reserved --frozen label: {label!r}")
+        if any(n.startswith(label + "/") for n in names):
+            parser.error(f"--frozen label {label!r} clashes with a --handler name")
+        frozen.append((label, path))
+    args.frozen_bins = frozen
     return args
 
 
@@ -585,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
         handlers = baseline_handlers(root, receiver)
         if not (args.only_baselines or args.no_serfbridge):
             handlers += serfbridge_handlers(args, root, receiver)
+        if not args.only_baselines:
+            for label, path in args.frozen_bins:
+                handlers += serfbridge_handlers(args, root, receiver, label, path)
         handlers += [Handler(name=n, kind="custom", command=c) for n, c in args.custom]
         return run(args, handlers, receiver, root)
     finally:
@@ -619,9 +674,12 @@ def run(args: argparse.Namespace, handlers: list[Handler], receiver: Receiver, r
     for h in handlers:
         if h.preflight_ms is not None and not h.failed:
             print(f"{h.name}: first call (config validate + cache) {h.preflight_ms:.1f} ms")
-    sb = [h for h in handlers if h.kind == "serfbridge"]
-    if sb:
-        print(f"serfbridge command: {sb[0].command}")
+    commands: dict[str, str] = {}
+    for h in handlers:
+        if h.kind == "serfbridge":
+            commands.setdefault(h.name.split("/", 1)[0], h.command)
+    for label, command in commands.items():
+        print(f"{label} command: {command}")
     for line in summary(handlers, args.target):
         print(line)
 

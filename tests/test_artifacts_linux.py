@@ -1,0 +1,203 @@
+"""The Linux artifacts as users get them: frozen binaries, the tarball and the .deb.
+
+Run after `installers/linux/build.sh`: `pytest --artifacts -m artifact` (docs/building.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from support.bridge import BridgeNode
+from support.handler import fire_user
+from support.proc import clean_environ
+
+from serfbridge import __version__
+
+pytestmark = pytest.mark.artifact
+
+
+def _only(paths: list[Path], what: str) -> Path:
+    assert len(paths) == 1, f"expected one {what}, found {[str(p) for p in paths]}"
+    return paths[0]
+
+
+@pytest.fixture(scope="module")
+def linux_dist(dist_dir: Path) -> Path:
+    path = dist_dir / "linux"
+    if not (path / "serfbridge" / "serfbridge").exists():
+        pytest.fail(f"no Linux build in {path}: run installers/linux/build.sh", pytrace=False)
+    return path
+
+
+def _version(argv: list[str]) -> str:
+    proc = subprocess.run(
+        [*argv, "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("mode", "rel"), [("onedir", "serfbridge/serfbridge"), ("onefile", "serfbridge-onefile")]
+)
+def test_frozen_version_names_build(linux_dist: Path, mode: str, rel: str) -> None:
+    """--version of each build: version, frozen mode, build platform, commit, one line."""
+    out = _version([str(linux_dist / rel)])
+    assert re.fullmatch(
+        rf"serfbridge {re.escape(__version__)} \(frozen {mode}, python 3\.\d+\.\d+, linux-\w+; "
+        r"built on linux-\w+ glibc[\d.]+ from [0-9a-f]{12}(-dirty)? with PyInstaller [\d.]+\)\n",
+        out,
+    ), out
+
+
+@pytest.mark.parametrize("rel", ["serfbridge/serfbridge", "serfbridge-onefile"])
+def test_frozen_handler_records_event(linux_dist: Path, tmp_path: Path, rel: str) -> None:
+    """Each build, run as Serf runs a handler, writes the event document."""
+    node = BridgeNode(tmp_path, "n1")
+    node.write_config()
+    fire_user([str(linux_dist / rel)], node, "deploy", 7, b'{"v":1}')
+    (event,) = node.events()
+    assert (event["event"], event["name"], event["ltime"], event["payload"]) == (
+        "user",
+        "deploy",
+        7,
+        '{"v":1}',
+    )
+
+
+def test_tarball_contents(linux_dist: Path) -> None:
+    """The tarball holds the one-folder build, the example config and the systemd unit."""
+    tarball = _only(sorted(linux_dist.glob("serfbridge-*-linux-*.tar.gz")), "tarball")
+    top = f"serfbridge-{__version__}"
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+        exe = tar.getmember(f"{top}/serfbridge")
+    for name in ("serfbridge.example.toml", "serfbridge-relay.service", "README.md", "_internal"):
+        assert f"{top}/{name}" in names
+    assert exe.mode & 0o111
+
+
+def _empty_root(root: Path) -> None:
+    """A root with nothing but root's account and an empty dpkg database."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc/gshadow").write_text("root:*::\n")
+    for d in ("info", "updates", "triggers"):
+        (root / "var/lib/dpkg" / d).mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("")
+    (root / "var/lib/dpkg/available").write_text("")
+
+
+def _dpkg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        # chrootless: maintainer scripts run with DPKG_ROOT set (the root has no shell); libc6
+        # is the host's, not registered in the empty root.
+        [
+            "dpkg",
+            f"--root={root}",
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log=/dev/null",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_environ(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _account(root: Path, file: str, name: str) -> list[str]:
+    for line in (root / "etc" / file).read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return fields
+    raise AssertionError(f"{name} not in {root}/etc/{file}")
+
+
+def _unit(path: Path) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            keys.setdefault(f"{section}.{key}", value)
+    return keys
+
+
+def test_deb_installs_into_clean_root_and_purges(linux_dist: Path, tmp_path: Path) -> None:
+    """dpkg puts the .deb in an empty root: files, user, spool, unit, --version; purge cleans."""
+    deb = _only(sorted(linux_dist.glob("serfbridge_*.deb")), ".deb")
+    root = tmp_path / "root"
+    _empty_root(root)
+    _dpkg(root, "-i", str(deb))
+
+    status = _dpkg(root, "-s", "serfbridge").stdout
+    assert "Status: install ok installed" in status
+    assert re.search(r"^Conffiles:\n /etc/serfbridge/serfbridge.toml [0-9a-f]{32}$", status, re.M)
+
+    binary = root / "usr/lib/serfbridge/serfbridge"
+    assert binary.stat().st_mode & 0o111
+    assert (root / "usr/lib/serfbridge/_internal").is_dir()
+    link = root / "usr/bin/serfbridge"
+    assert link.is_symlink()
+    assert os.readlink(link) == "../lib/serfbridge/serfbridge"
+    assert "(frozen onedir," in _version([str(link)])
+
+    user = _account(root, "passwd", "serfbridge")
+    group = _account(root, "group", "serfbridge")
+    assert int(user[2]) < 1000  # a system account
+    assert user[5] == "/var/lib/serfbridge"
+    spool = (root / "var/lib/serfbridge").stat()
+    assert (spool.st_uid, spool.st_gid) == (int(user[2]), int(group[2]))
+    assert stat.S_IMODE(spool.st_mode) == 0o2770
+    config = (root / "etc/serfbridge/serfbridge.toml").stat()
+    assert stat.S_IMODE(config.st_mode) == 0o640
+    assert (config.st_uid, config.st_gid) == (0, int(group[2]))
+
+    unit = _unit(root / "lib/systemd/system/serfbridge-relay.service")
+    assert unit["Service.ExecStart"] == "/usr/bin/serfbridge relay"
+    assert unit["Service.User"] == "serfbridge"
+    assert unit["Install.WantedBy"] == "multi-user.target"
+
+    # The installed example config is valid: `serfbridge check` accepts it.
+    check = subprocess.run(
+        [str(link), "--config", str(root / "etc/serfbridge/serfbridge.toml"), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_environ(
+            {
+                "SERFBRIDGE_STATE_DIR": str(tmp_path / "state"),
+                "SERFBRIDGE_CACHE_DIR": str(tmp_path / "cache"),
+            }
+        ),
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    _dpkg(root, "--purge", "serfbridge")
+    for gone in (
+        "usr/lib/serfbridge",
+        "usr/bin/serfbridge",
+        "etc/serfbridge",
+        "lib/systemd/system/serfbridge-relay.service",
+        "var/lib/serfbridge",
+    ):
+        assert not (root / gone).exists(), gone
+        assert not (root / gone).is_symlink(), gone
