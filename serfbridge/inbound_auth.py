@@ -54,6 +54,11 @@ class ReplayCache:
             self._seen[signature] = now
             return True
 
+    def forget(self, key: str) -> None:
+        """Let ``key`` through again (it was not acted on after all)."""
+        with self._lock:
+            self._seen.pop(key, None)
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:

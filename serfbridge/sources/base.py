@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 from .. import log, messages
 from ..errors import Rejected
-from ..inbound_auth import Authenticator, Credentials
+from ..inbound_auth import Authenticator, Credentials, ReplayCache
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,32 +53,11 @@ class TokenBucket:
             return False
 
 
-class Dedupe:
-    """Message ids seen in the last ``window`` seconds (per relay process)."""
-
-    def __init__(self, window: float, max_entries: int = 100_000) -> None:
-        self.window, self.max_entries = window, max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
+class Dedupe(ReplayCache):
+    """Message ids seen in the last ``window`` seconds (per relay process); 0 turns it off."""
 
     def first_time(self, key: str) -> bool:
-        if self.window <= 0:
-            return True
-        now = time.monotonic()
-        with self._lock:
-            while self._seen:
-                oldest, at = next(iter(self._seen.items()))
-                if now - at <= self.window and len(self._seen) < self.max_entries:
-                    break
-                del self._seen[oldest]
-            if key in self._seen:
-                return False
-            self._seen[key] = now
-            return True
-
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._seen.pop(key, None)
+        return self.window <= 0 or self.check_and_add(key, time.monotonic())
 
 
 class Source:
