@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
+from support.proc import wait_stopped
 
 from serfbridge.rpc import (
     QueryRecord,
@@ -314,6 +315,7 @@ def test_late_reply_after_timeout_is_dropped(agents: Agents) -> None:
     agent = agents.start("p1")
     with SerfRPC(agent.rpc_addr, timeout=0.5) as serf:
         agent.proc.send_signal(signal.SIGSTOP)
+        wait_stopped(agent.proc.pid)
         try:
             with pytest.raises(SerfUnavailable, match="no reply to 'members'"):
                 serf.members()

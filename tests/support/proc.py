@@ -8,13 +8,13 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from .ports import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
     from types import TracebackType
 
 # Prefixes of variables that must never leak from the developer's shell into a test process:
@@ -34,6 +34,23 @@ def require_binary(name: str, apt_package: str) -> str:
             f"'{name}' is not on PATH; the end-to-end tests need it: apt-get install {apt_package}"
         )
     return path
+
+
+def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Until every thread of ``pid`` is stopped: ``kill(SIGSTOP)`` returns before the process
+    has actually stopped, and a busy machine leaves it running long enough to answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                states.append(task.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        if states and all(state in "tT" for state in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop within {timeout:g} s of SIGSTOP")
 
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -168,6 +185,7 @@ class ManagedProcess:
     def pause(self) -> None:
         """SIGSTOP: the port stays open (the kernel still completes handshakes), nothing answers."""
         self.send_signal(signal.SIGSTOP)
+        wait_stopped(self.pid)
         self.paused = True
 
     def resume(self) -> None:
