@@ -257,7 +257,6 @@ def test_mixed_cluster_events_and_queries_cross_platforms(
         "[delivery]\nlinger = 5\nbackoff_initial = 0.2\nbackoff_max = 1\n"
     )
     win_file = win_node.state + "\\events.jsonl"
-    win_node.write_config(RESPONDER + sinks.format(file=win_file, url=http_receiver.url_for("win")))
     linux = BridgeNode(tmp_path, "lin")
     lin_file = linux.state / "events.jsonl"
     linux.write_config(RESPONDER + sinks.format(file=lin_file, url=http_receiver.url_for("lin")))
@@ -266,6 +265,15 @@ def test_mixed_cluster_events_and_queries_cross_platforms(
                     handlers=["*=" + serfbridge_handler])  # fmt: skip
     win = windows_serf_agent(wine, serf_exe, "win", tmp_path / "agent-win", serf_bin=serf_bin,
                              handlers=[exe])  # fmt: skip
+    # The Windows node also keeps the membership view on a C:\ path, reconciled against its
+    # own agent over RPC by the Windows deliverer.
+    win_members = win_node.state + "\\members.json"
+    win_node.write_config(
+        f'[serf]\nrpc_addr = "{win.rpc_addr}"\n'
+        + RESPONDER
+        + sinks.format(file=win_file, url=http_receiver.url_for("win"))
+        + f'[[sinks]]\ntype = "members"\nname = "members"\npath = \'{win_members}\'\n'
+    )
     agents: list[SerfAgent | RelayProcess] = [lin, win]
     try:
         lin.start()
@@ -273,6 +281,16 @@ def test_mixed_cluster_events_and_queries_cross_platforms(
         win.serf("join", lin.bind_addr, check=True)
         wait_for(lambda: lin.sees_alive(["lin", "win"]) and win.sees_alive(["lin", "win"]), 30,
                  what="both agents alive on both sides")  # fmt: skip
+
+        def view() -> dict[str, str]:
+            path = win_node.host("members.json")
+            if not path.exists():
+                return {}
+            members = json.loads(path.read_text(encoding="utf-8"))["members"]
+            return {name: m["status"] for name, m in members.items()}
+
+        wait_for(lambda: view() == {"lin": "alive", "win": "alive"}, 120,
+                 what="the Windows members view", detail=win_node.log_tail)  # fmt: skip
 
         lin.event("from-linux", "L1")
         # Fired on the Windows side with the Windows serf CLI.
