@@ -15,8 +15,8 @@ import pytest
 import redis
 from support.inbound import sign_headers
 from support.mqttclient import MqttPeer
+from support.pki import loopback_pki
 from support.ports import LOOPBACK, free_port, wait_for
-from support.proc import require_binary
 from support.relay import RelayProcess, Watcher, get_text, http_source, metric, post
 
 if TYPE_CHECKING:
@@ -45,25 +45,11 @@ def watcher(agent: SerfAgent) -> Iterator[Watcher]:
     watch.close()
 
 
-def _pki(d: Path) -> tuple[Path, Path, Path]:
-    openssl = require_binary("openssl", "openssl")
-    d.mkdir()
-    (d / "san.ext").write_text(f"subjectAltName=IP:{LOOPBACK}\n")
-    for argv in (
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.crt",
-        f"req -newkey rsa:2048 -nodes -subj /CN={LOOPBACK} -keyout server.key -out server.csr",
-        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1"
-        " -extfile san.ext -out server.crt",
-    ):
-        subprocess.run([openssl, *argv.split()], cwd=d, check=True, capture_output=True, timeout=30)
-    return d / "ca.crt", d / "server.crt", d / "server.key"
-
-
 def test_https_with_a_configured_certificate(
     agent: SerfAgent, watcher: Watcher, serfbridge_cmd: list[str], tmp_path: Path
 ) -> None:
     """With tls_cert/tls_key the listener speaks HTTPS, verified against the CA."""
-    ca, cert, key = _pki(tmp_path / "pki")
+    ca, cert, key = loopback_pki(tmp_path / "pki")
     port = free_port()
     body = http_source(port, token=TOKEN, allow_events=["deploy"], tls_cert=str(cert),
                        tls_key=str(key))  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import socket
 import subprocess
 import threading
@@ -16,6 +15,7 @@ import pytest
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import ValidationError
+from support.pki import loopback_pki
 from support.ports import LOOPBACK, free_port
 from support.proc import require_binary
 from support.servers import Mosquitto
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 WAIT = 10.0  # upper bound for anything that should happen at once
-# mosquitto started as root drops to user "mosquitto", which cannot read files under tmp_path.
-KEEP_USER = f"user {pwd.getpwuid(os.geteuid()).pw_name}"
 
 
 def user_event(name: str = "deploy", payload: bytes = b"v1.2\n") -> dict[str, Any]:
@@ -383,7 +381,7 @@ def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     )
     broker = Mosquitto(
         tmp_path / "auth",
-        extra_config=[KEEP_USER, "allow_anonymous false", f"password_file {passwd}"],
+        extra_config=["allow_anonymous false", f"password_file {passwd}"],
     )
     try:
         broker.start()
@@ -408,22 +406,12 @@ def test_login_refused_is_unavailable(auth_broker: Mosquitto, protocol: str) -> 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Path]]:
     """mosquitto with a TLS listener; yields it and the CA certificate that signed it."""
-    openssl = require_binary("openssl", "openssl")
-    d = tmp_path / "pki"
-    d.mkdir()
-    (d / "san.ext").write_text(f"subjectAltName=IP:{LOOPBACK}\n")
-    for argv in (
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.crt",
-        f"req -newkey rsa:2048 -nodes -subj /CN={LOOPBACK} -keyout server.key -out server.csr",
-        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1"
-        " -extfile san.ext -out server.crt",
-    ):
-        subprocess.run([openssl, *argv.split()], cwd=d, check=True, capture_output=True, timeout=30)
-    tls = [f"cafile {d / 'ca.crt'}", f"certfile {d / 'server.crt'}", f"keyfile {d / 'server.key'}"]
-    broker = Mosquitto(tmp_path / "tls", extra_config=[KEEP_USER, *tls])
+    ca, cert, key = loopback_pki(tmp_path / "pki")
+    tls = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+    broker = Mosquitto(tmp_path / "tls", extra_config=tls)
     try:
         broker.start()
-        yield broker, d / "ca.crt"
+        yield broker, ca
     finally:
         broker.stop()
 

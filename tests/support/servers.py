@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
+import pwd
 import socket
 import threading
 import time
@@ -95,9 +97,11 @@ class Mosquitto(ManagedProcess):
         lines = [
             f"listener {self.port} {LOOPBACK}",
             "allow_anonymous true",
+            # Started as root, mosquitto drops to user "mosquitto", which can neither read the
+            # test's files (passwords, certificates) nor write its persistence file here.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             *(
-                # Started as root, mosquitto drops to its own user, which can't write here.
-                ["persistence true", f"persistence_location {self.workdir}/", "user root"]
+                ["persistence true", f"persistence_location {self.workdir}/"]
                 if self.persistent
                 else ["persistence false"]
             ),
