@@ -7,7 +7,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
@@ -72,7 +72,10 @@ def _scrub_serf_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _require(make: Callable[[], str]) -> str:
+T = TypeVar("T")
+
+
+def _require(make: Callable[[], T]) -> T:
     try:
         return make()
     except MissingBinaryError as exc:
@@ -89,29 +92,17 @@ def serf_bin() -> str:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A fresh redis-server on a free port, stopped after the test."""
-    try:
-        server = RedisServer(tmp_path / "redis")
-    except MissingBinaryError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with _require(lambda: RedisServer(tmp_path / "redis")) as server:
         server.start()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A fresh anonymous mosquitto broker on a free port, stopped after the test."""
-    try:
-        broker = Mosquitto(tmp_path / "mosquitto")
-    except MissingBinaryError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with _require(lambda: Mosquitto(tmp_path / "mosquitto")) as broker:
         broker.start()
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Self
 
 from .ports import wait_for
 
@@ -248,7 +248,7 @@ class ManagedProcess:
         tail = self.log_text().splitlines()[-lines:]
         return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
