@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -549,15 +550,24 @@ def test_command_exit_3_gives_visible_error(bridge: Bridge) -> None:
     assert proc.stderr == b""
 
 
-def test_command_timeout_is_killed(bridge: Bridge) -> None:
-    """A command that sleeps past its timeout is killed and answered within timeout + 1 s."""
+SLEEPER = (
+    "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+    "sys.stdout.write('never'); sys.stdout.flush(); time.sleep(60)"
+)
+
+
+@contextmanager
+def _query_a_sleeper(
+    bridge: Bridge, keys: str, extra: str = ""
+) -> Iterator[tuple[subprocess.CompletedProcess[bytes], float, int]]:
+    """A command responder that sleeps 60 s, with ``keys`` (e.g. its timeout): one query.
+
+    Yields (the handler run, its duration, the responder's pid); a responder that survived
+    is killed afterwards.
+    """
     pidfile = bridge.root / "responder.pid"
-    code = (
-        "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
-        "sys.stdout.write('never'); sys.stdout.flush(); time.sleep(60)"
-    )
-    argv = [sys.executable, "-c", code, str(pidfile)]
-    _responder(bridge, f"command = {toml(argv)}\ntimeout = 1.0\n")
+    argv = [sys.executable, "-c", SLEEPER, str(pidfile)]
+    _responder(bridge, f"command = {toml(argv)}\n{keys}", extra=extra)
     assert bridge.run(user_env(), b"warm the config cache\n").returncode == 0
 
     started = time.monotonic()
@@ -565,6 +575,14 @@ def test_command_timeout_is_killed(bridge: Bridge) -> None:
     elapsed = time.monotonic() - started
     pid = int(pidfile.read_text())
     try:
+        yield proc, elapsed, pid
+    finally:
+        _kill_if_ours(pid, SLEEPER)
+
+
+def test_command_timeout_is_killed(bridge: Bridge) -> None:
+    """A command that sleeps past its timeout is killed and answered within timeout + 1 s."""
+    with _query_a_sleeper(bridge, "timeout = 1.0\n") as (proc, elapsed, pid):
         assert proc.returncode == 0
         assert b"timed out" in proc.stdout
         assert b"never" not in proc.stdout
@@ -572,30 +590,20 @@ def test_command_timeout_is_killed(bridge: Bridge) -> None:
         assert elapsed < 1.0 + 1.0, f"answered after {elapsed:.2f} s"
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    finally:
-        _kill_if_ours(pid, code)
 
 
 def test_deadline_cuts_a_longer_responder_timeout(bridge: Bridge) -> None:
     """`deadline = 1` bounds the whole run: a responder allowed 30 s is killed after ~1 s."""
-    pidfile = bridge.root / "responder.pid"
-    code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
-    argv = [sys.executable, "-c", code, str(pidfile)]
-    _responder(bridge, f"command = {toml(argv)}\ntimeout = 30\n", extra="deadline = 1\n")
-    assert bridge.run(user_env(), b"warm the config cache\n").returncode == 0
-
-    started = time.monotonic()
-    proc = bridge.run(query_env(), b"ping\n", timeout=30)
-    elapsed = time.monotonic() - started
-    pid = int(pidfile.read_text())
-    try:
+    with _query_a_sleeper(bridge, "timeout = 30\n", extra="deadline = 1\n") as (
+        proc,
+        elapsed,
+        pid,
+    ):
         assert proc.returncode == 0
         assert b"timed out" in proc.stdout
         assert elapsed < 10, f"answered after {elapsed:.2f} s, not at the 1 s deadline"
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    finally:
-        _kill_if_ours(pid, code)
 
 
 def _kill_if_ours(pid: int, marker: str) -> None:
