@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> str:
         """``state_dir`` with ``~`` expanded, made absolute: what every component uses."""
-        return os.path.abspath(os.path.expanduser(self.state_dir))
+        return paths.absolute(self.state_dir)
 
     def effective_sinks(self) -> list[Any]:
         """No ``sinks`` key at all means the embedded default: every event to one JSON file."""

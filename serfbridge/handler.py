@@ -121,7 +121,8 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
 def _without_config(
     exc: ConfigError, environ: Mapping[str, str], received: float, config_arg: str | None
 ) -> int:
-    """An unusable config must not lose the event: keep it raw in the default state dir."""
+    """An unusable config must not lose the event: keep it raw in ``spool/rejected/`` of the
+    state dir the user meant (``paths.fallback_state_dir``)."""
     if environ.get("SERF_EVENT") != "query":
         log.to_stderr_until_configured()
     log.error("configuration error; event kept in rejected/", error=str(exc))

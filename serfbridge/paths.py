@@ -55,6 +55,11 @@ def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get("SERFBRIDGE_CONFIG") or default_config_path()
 
 
+def absolute(path: str) -> str:
+    """``~`` expanded, made absolute: how every configured directory is used."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def config_named(explicit: str | None = None) -> bool:
     """Whether the user named a config file (then a missing file is an error)."""
     return bool(explicit or os.environ.get("SERFBRIDGE_CONFIG"))
@@ -68,7 +73,7 @@ def fallback_state_dir(explicit: str | None = None) -> str:
     """
     from_env = os.environ.get("SERFBRIDGE_STATE_DIR")
     if from_env:
-        return os.path.abspath(os.path.expanduser(from_env))
+        return absolute(from_env)
     try:
         import tomllib
 
@@ -77,5 +82,5 @@ def fallback_state_dir(explicit: str | None = None) -> str:
     except (OSError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
         stated = None
     if isinstance(stated, str) and stated:
-        return os.path.abspath(os.path.expanduser(stated))
+        return absolute(stated)
     return default_state_dir()
