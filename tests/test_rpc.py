@@ -221,8 +221,11 @@ def test_query_answered_by_stream_responder(cluster: tuple[Agent, Agent]) -> Non
     assert [(r["Event"], r["Name"], r["Payload"]) for r in seen] == [("query", "ping", b"?")]
     assert result.acks == ["n2"]
     assert result.responses == {"n2": b"pong ?"}
-    assert result.ack_times["n2"] <= result.response_times["n2"] < result.duration
-    assert [r.type for r in records] == ["ack", "response", "done"]
+    # Serf's IPC loop selects between the ack and response channels at random when both are
+    # ready (ipc_query_response_stream.go), so either may come first; done is always last.
+    assert max(result.ack_times["n2"], result.response_times["n2"]) < result.duration
+    assert sorted(r.type for r in records[:2]) == ["ack", "response"]
+    assert [r.type for r in records[2:]] == ["done"]
     assert result.duration >= 1.4  # a query always lasts its full timeout
 
 
