@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from . import compiled, filters, jsonenc, log, parse, paths, spool, when
+from . import compiled, eventid, filters, jsonenc, log, parse, paths, spool, when
 from .appendfile import append_record
 from .errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
 
@@ -118,6 +118,25 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
     return EXIT_OK
 
 
+def route_once(
+    cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None, relay_id: str | None
+) -> int | None:
+    """``route``, or None (nothing done) for a repeat of a relayed event this node already
+    recorded (serfbridge.eventid). An id whose event could not be recorded is forgotten, so
+    the repeat gets its chance."""
+    if relay_id is None:
+        return route(cfg, doc, event_json, config_arg)
+    from . import seen
+
+    if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
+        log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
+        return None
+    status = route(cfg, doc, event_json, config_arg)
+    if status != EXIT_OK:
+        seen.forget(cfg["state_dir"], relay_id)
+    return status
+
+
 def _without_config(
     exc: ConfigError, environ: Mapping[str, str], received: float, config_arg: str | None
 ) -> int:
@@ -149,8 +168,11 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
         log.silence()
 
     data, truncated = read_stdin(cfg["max_input_bytes"])
+    relay_id = None
+    if env.get("SERF_EVENT") == "user" and not truncated:
+        data, relay_id = eventid.split_stdin(data)
     try:
-        doc = parse.parse_event(env, data, received, truncated=truncated)
+        doc = parse.parse_event(env, data, received, truncated=truncated, relay_id=relay_id)
     except InputError as exc:
         log.error("bad event input; kept in rejected/", error=str(exc))
         try:
@@ -162,7 +184,9 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
     if cfg["serf"]["exact_tags"] and doc["members"]:
         _exact_tags(cfg, doc, started)
     event_json = jsonenc.dumps(doc)
-    status = route(cfg, doc, event_json, config_arg)
+    status = route_once(cfg, doc, event_json, config_arg, relay_id)
+    if status is None:
+        return EXIT_OK
 
     if is_query:
         from . import respond

@@ -15,6 +15,7 @@ HELP = {
     "serfbridge_relay_messages_out_total": "Events and queries Serf accepted, by source and type.",
     "serfbridge_relay_messages_rejected_total": "Inbound messages refused, by source and reason.",
     "serfbridge_relay_stream_events_total": "Events read from the agent's stream, by type.",
+    "serfbridge_relay_stream_repeats_total": "Relayed events dropped as repeats (event_ids).",
 }
 
 

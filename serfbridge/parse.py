@@ -152,10 +152,28 @@ def _ltime(environ: Mapping[str, str], var: str) -> int:
     raise InputError(f"{var}={raw!r} is not an integer")
 
 
+def user_event_id(
+    event: str, name: str, ltime: int, data: bytes, relay_id: str | None = None
+) -> str:
+    """A user event's or query's id. A relayed event with an id trailer (serfbridge.eventid)
+    leaves the Lamport time out: a relay's resend gets a new one, and must get the same id."""
+    raw_name = name.encode("utf-8", "surrogateescape")
+    if relay_id is not None:
+        return _digest(event.encode(), raw_name, b"sbid:" + relay_id.encode(), data)
+    return _digest(event.encode(), raw_name, b"%d" % ltime, data)
+
+
 def parse_event(
-    environ: Mapping[str, str], stdin: bytes, received_at: float, *, truncated: bool = False
+    environ: Mapping[str, str],
+    stdin: bytes,
+    received_at: float,
+    *,
+    truncated: bool = False,
+    relay_id: str | None = None,
 ) -> EventDoc:
-    """Build the event document; raises InputError naming what is wrong with the input."""
+    """Build the event document; raises InputError naming what is wrong with the input.
+
+    ``relay_id``: the id trailer already split off ``stdin`` (``eventid.split_stdin``)."""
     event = environ.get("SERF_EVENT")
     if not event:
         raise InputError("SERF_EVENT is not set: serfbridge must be run by a Serf agent")
@@ -189,9 +207,7 @@ def parse_event(
             payload, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             payload, encoding = binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
-        event_id = _digest(
-            event.encode(), name.encode("utf-8", "surrogateescape"), b"%d" % ltime, data
-        )
+        event_id = user_event_id(event, name, ltime, data, relay_id)
         name = _text(name)
 
     return {

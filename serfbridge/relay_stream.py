@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from . import handler, jsonenc, log, parse, respond
+from . import eventid, handler, jsonenc, log, parse, respond
 from .config import compile_settings
 from .errors import SerfError
 from .rpc import DEFAULT_ADDR, SerfRPC
@@ -35,8 +35,11 @@ def _node(stats: dict[str, dict[str, str]], tags: dict[str, str]) -> Node:
     }
 
 
-def event_doc(record: dict[str, Any], node: Node, received: float) -> EventDoc | None:
-    """One stream record -> the handler's event document, or None for unknown records."""
+def event_doc(
+    record: dict[str, Any], node: Node, received: float
+) -> tuple[EventDoc, str | None] | None:
+    """One stream record -> the handler's event document and the relay id it carried
+    (serfbridge.eventid), or None for unknown records."""
     kind = str(record.get("Event") or "")
     name: str | None = None
     ltime: int | None = None
@@ -46,7 +49,9 @@ def event_doc(record: dict[str, Any], node: Node, received: float) -> EventDoc |
     if kind in ("user", "query"):
         name = str(record.get("Name") or "")
         ltime = int(record.get("LTime") or 0)
-        data = bytes(record.get("Payload") or b"")
+        data, relay_id = bytes(record.get("Payload") or b""), None
+        if kind == "user":
+            data, relay_id = eventid.split(data)
         # The handler cannot tell "x" from "x\n" (SERF.md) and strips one "\n"; doing the
         # same here gives an event the same payload and id on both paths.
         data = data[:-1] if data.endswith(b"\n") else data
@@ -56,10 +61,9 @@ def event_doc(record: dict[str, Any], node: Node, received: float) -> EventDoc |
             import binascii
 
             payload, encoding = binascii.b2a_base64(data, newline=False).decode(), "base64"
-        event_id = parse._digest(
-            kind.encode(), name.encode("utf-8", "surrogateescape"), b"%d" % ltime, data
-        )
+        event_id = parse.user_event_id(kind, name, ltime, data, relay_id)
     elif kind.startswith("member-"):
+        relay_id = None
         for m in record.get("Members") or []:
             members.append(
                 {
@@ -84,7 +88,7 @@ def event_doc(record: dict[str, Any], node: Node, received: float) -> EventDoc |
         "node": node,
         "received_at": parse.rfc3339(received),
         "truncated": False,
-    }
+    }, relay_id
 
 
 class StreamFeeder:
@@ -149,13 +153,16 @@ class StreamFeeder:
         return node
 
     def _feed(self, client: SerfRPC, record: dict[str, Any], node: Node) -> None:
-        doc = event_doc(record, node, time.time())
-        if doc is None:
+        found = event_doc(record, node, time.time())
+        if found is None:
             return
+        doc, relay_id = found
         metrics = self.relay.metrics
         metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
         event_json = jsonenc.dumps(doc)
-        handler.route(self.cfg, doc, event_json, self.relay.config_path)
+        if handler.route_once(self.cfg, doc, event_json, self.relay.config_path, relay_id) is None:
+            metrics.inc("serfbridge_relay_stream_repeats_total")
+            return
         if doc["event"] != "query":
             return
         responder = respond.find(self.cfg["responders"], doc["name"])

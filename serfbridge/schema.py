@@ -33,7 +33,8 @@ EVENT_SCHEMA: dict[str, Any] = {
             "type": "string",
             "pattern": "^[0-9a-f]{32}$",
             "description": "Deterministic: the same event has the same id on every node "
-            "(BLAKE2b-128 of type, name, ltime and payload, or of type and members).",
+            "(BLAKE2b-128 of type, name, ltime and payload, or of type and members; a "
+            "relayed event with an event_ids trailer hashes the trailer instead of ltime).",
         },
         "event": {"enum": list(EVENT_TYPES)},
         "name": {"type": ["string", "null"], "description": "User event or query name."},

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from jsonschema.validators import validator_for
 
-from serfbridge import __version__, paths, respond
+from serfbridge import __version__, eventid, paths, respond
 from serfbridge.schema import EVENT_SCHEMA
 
 if TYPE_CHECKING:
@@ -191,6 +191,19 @@ def test_every_event_type_gives_one_line(
     assert events[0]["event"] == serf["SERF_EVENT"]
     assert events[0]["node"]["name"] == "n2"
     assert events[0]["truncated"] is False
+
+
+def test_relayed_repeat_is_recorded_once(bridge: Bridge) -> None:
+    """A relay's resend (same id trailer, new Lamport time) is dropped; the event is recorded
+    once, with the payload as sent. Another id is another event."""
+    first = eventid.attach(b"v2", eventid.make("entry-1"))
+    other = eventid.attach(b"v2", eventid.make("entry-2"))
+    for ltime, stdin in ((5, first), (8, first), (9, other)):
+        proc = bridge.run(user_env(ltime=ltime), stdin + b"\n")
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
+    events = bridge.events()
+    assert [(e["ltime"], e["payload"]) for e in events] == [(5, "v2"), (9, "v2")]
+    assert "repeat of a relayed event dropped" in bridge.log.read_text()
 
 
 def test_events_accumulate_in_order(bridge: Bridge) -> None:
