@@ -52,13 +52,15 @@ def _uint_size(n: int) -> int:
     return 1 if n < 128 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 2**32 else 9
 
 
-def event_size(name: str, payload: bytes) -> int:
+def event_size(name: str, payload: bytes, extra: int = 0) -> int:
     """Encoded size of Serf's messageUserEvent {LTime, Name, Payload, CC} plus its type byte.
 
     LTime is counted at 5 bytes (any value below 2**32). Checked against SERF.md: name
     ``deploy`` with the 512-byte default, payload 476 fits and 477 does not at LTime < 128.
+    ``extra``: bytes the relay appends to the payload (``event_ids``' trailer).
     """
-    return 1 + 1 + 6 + 5 + 5 + _raw_size(len(name.encode())) + 8 + _raw_size(len(payload)) + 3 + 1
+    size = _raw_size(len(name.encode())) + _raw_size(len(payload) + extra)
+    return 1 + 1 + 6 + 5 + 5 + size + 8 + 3 + 1
 
 
 def query_size(name: str, payload: bytes, nodes: list[str], tags: dict[str, str]) -> int:
@@ -129,11 +131,13 @@ def parse(
     event_limit: int = 512,
     query_limit: int = 1024,
     default_type: str | None = None,
+    event_extra: int = 0,
 ) -> Message:
     """Validate one message; raises ``Rejected`` with reason malformed, loop or too_large.
 
     ``default_type`` is what the HTTP path says (``/v1/event``): ``type`` may then be left
-    out, and must agree when given.
+    out, and must agree when given. ``event_extra``: bytes the relay will append to an
+    event's payload, counted against the limit.
     """
     try:
         obj = json.loads(body)
@@ -162,11 +166,12 @@ def parse(
         coalesce = obj.get("coalesce", False)
         if not isinstance(coalesce, bool):
             raise Rejected("malformed", "'coalesce' must be true or false")
-        size = event_size(name, payload)
+        size = event_size(name, payload, event_extra)
         if size > event_limit:
+            trailer = f", with the {event_extra}-byte event id trailer" if event_extra else ""
             raise Rejected(
                 "too_large",
-                f"user event {name!r} encodes to {size} bytes, over Serf's limit of "
+                f"user event {name!r} encodes to {size} bytes{trailer}, over Serf's limit of "
                 f"{event_limit} (name + payload {len(name.encode()) + len(payload)} bytes)",
             )
         return Message("event", name, payload, coalesce=coalesce, id=msg_id)

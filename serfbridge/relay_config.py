@@ -36,6 +36,12 @@ class SourceConfigBase(_Section):
     max_skew: float = Field(
         default=300.0, gt=0, le=86400, description="Seconds a signed timestamp may be off."
     )
+    event_ids: bool = Field(
+        default=False,
+        description="Append a 22-byte id trailer to each event's payload (from the message's "
+        "'id', or the Redis entry) so serfbridge handlers drop a relayed repeat; other "
+        "handlers see the trailer.",
+    )
     rate: float = Field(default=100.0, gt=0, description="Messages per second (token bucket).")
     burst: int = Field(default=200, ge=1, description="Token bucket size.")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
-from .. import log, messages
+from .. import eventid, log, messages
 from ..errors import Rejected
 from ..inbound_auth import Authenticator, Credentials, ReplayCache
 
@@ -93,10 +94,17 @@ class Gate:
         )
 
     def handle(
-        self, body: bytes, creds: Credentials, default_type: str | None = None
+        self,
+        body: bytes,
+        creds: Credentials,
+        default_type: str | None = None,
+        origin: str | None = None,
     ) -> tuple[messages.Message, dict[str, Any] | None]:
         """Run one message; returns it with its query reply (None for events) or raises
         Rejected.
+
+        ``origin`` names the message where the source can (a Redis entry), so that with
+        ``event_ids`` a resend of it carries the same id as the first send.
 
         Every rejection is counted and logged with its reason, never with the body or the
         credentials.
@@ -104,7 +112,7 @@ class Gate:
         metrics = self.relay.metrics
         metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
         try:
-            return self._handle(body, creds, default_type)
+            return self._handle(body, creds, default_type, origin)
         except Rejected as exc:
             metrics.inc(
                 "serfbridge_relay_messages_rejected_total", source=self.name, reason=exc.reason
@@ -119,7 +127,7 @@ class Gate:
             raise Rejected("internal", "internal error; see the relay's log") from None
 
     def _handle(
-        self, body: bytes, creds: Credentials, default_type: str | None
+        self, body: bytes, creds: Credentials, default_type: str | None, origin: str | None
     ) -> tuple[messages.Message, dict[str, Any] | None]:
         if not self.bucket.take():
             raise Rejected("rate_limited", f"over {self.config.rate:g} messages/s")
@@ -130,6 +138,7 @@ class Gate:
             event_limit=relay.user_event_size_limit,
             query_limit=relay.query_size_limit,
             default_type=default_type,
+            event_extra=eventid.SIZE if self.config.event_ids else 0,
         )
         allow = self.config.allow_events if msg.type == "event" else self.config.allow_queries
         if not messages.allowed(allow, msg.name):
@@ -138,6 +147,8 @@ class Gate:
         key = None if msg.id is None else f"{msg.type}:{msg.id}"
         if key is not None and not self.relay.dedupe.first_time(key):
             raise Rejected("duplicate", f"message id {msg.id!r} was already relayed")
+        if msg.type == "event" and self.config.event_ids:
+            msg = _with_event_id(msg, origin)
         try:
             if msg.type == "event":
                 self.relay.serf.event(msg)
@@ -153,3 +164,12 @@ class Gate:
         )
         log.debug("relayed", source=self.name, type=msg.type, name=msg.name)
         return msg, reply
+
+
+def _with_event_id(msg: messages.Message, origin: str | None) -> messages.Message:
+    """The message's own ``id`` names it first (a client resending under the same id means
+    the same event, whichever source it comes through); else where it came from."""
+    identity = f"id\0{msg.id}" if msg.id is not None else origin
+    if identity is None:
+        return msg
+    return replace(msg, payload=eventid.attach(msg.payload, eventid.make(identity)))

@@ -14,8 +14,12 @@ Accepted -> ``XACK``. Refused for good (malformed, not allowed, too large, bad s
 limited -> left pending and retried with backoff. Query replies go to the stream named by the
 message's ``reply_to`` (``XADD <reply_to> * data <reply JSON>``).
 
-Delivery into Serf is at least once: a relay killed between Serf's answer and its ``XACK``
-leaves that one entry to be relayed again by whoever claims it.
+An entry Serf took whose reply or ``XACK`` then failed is remembered: the retry finishes the
+writes without calling Serf again. Delivery into Serf is still at least once: a relay killed
+between Serf's answer and its ``XACK`` leaves that one entry to be relayed again by whoever
+claims it. With ``event_ids = true`` the resend carries the first send's id (made from the
+Redis server's run id, the stream, the group and the entry id), and serfbridge handlers drop
+it (serfbridge.eventid).
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class RedisSource(Source):
             raise RelayError(f"source {self.name}: bad url: {exc}") from None
         self._stop = threading.Event()
         self._group_ready = False
+        self._server_id = ""
+        # entry id -> the writes still owed for it (reply or dead letter, then XACK), for
+        # entries that are done with Serf: a retry must not call Serf again.
+        self._owed: dict[bytes, tuple[str | None, dict[Any, Any] | None]] = {}
         self.thread = threading.Thread(target=self._run, name=f"source {self.name}", daemon=True)
         self.thread.start()
 
@@ -77,6 +85,10 @@ class RedisSource(Source):
 
         if self._group_ready:
             return
+        # Entry ids repeat across Redis servers (they are timestamps), so an event id made
+        # from one also names the server; a restarted server gets a new run id, which only
+        # costs the dedupe of entries claimed across the restart.
+        self._server_id = str(self.client.info("server").get("run_id", ""))
         try:
             # "0": a new group starts with what is already in the stream, so nothing written
             # before the first relay started is skipped.
@@ -145,31 +157,49 @@ class RedisSource(Source):
 
     def _one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
         cfg = self.config
+        if entry_id not in self._owed:
+            owed = self._run_message(entry_id, fields)
+            if owed is None:
+                return False  # stays pending; read again from our own PEL
+            self._owed[entry_id] = owed
+        target, record = self._owed[entry_id]
+        if target is not None and record is not None:
+            if target == self.dead:
+                self.client.xadd(target, record)
+            else:
+                self.client.xadd(target, record, maxlen=REPLY_MAXLEN, approximate=True)
+            self._owed[entry_id] = (None, None)
+        self.client.xack(cfg.stream, cfg.group, entry_id)
+        del self._owed[entry_id]
+        return True
+
+    def _run_message(
+        self, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> tuple[str | None, dict[Any, Any] | None] | None:
+        """Through the gate into Serf; returns the write owed afterwards (a query reply, a
+        dead letter, or nothing), or None when the entry must be retried later."""
+        cfg = self.config
         creds = Credentials(
             token=_text(fields, b"token"),
             timestamp=_text(fields, b"timestamp"),
             signature=_text(fields, b"signature"),
         )
+        origin = f"redis\0{self._server_id}\0{cfg.stream}\0{cfg.group}\0{entry_id.decode()}"
         try:
-            msg, reply = self.gate.handle(fields.get(b"data", b""), creds)
+            msg, reply = self.gate.handle(fields.get(b"data", b""), creds, origin=origin)
         except Rejected as exc:
             if exc.reason in RETRYABLE:
-                return False  # stays pending; read again from our own PEL
+                return None
             dead: dict[Any, Any] = {
                 "entry": entry_id,
                 "reason": exc.reason,
                 "error": str(exc),
                 "data": fields.get(b"data", b""),
             }
-            self.client.xadd(self.dead, dead)
-            self.client.xack(cfg.stream, cfg.group, entry_id)
-            return True
+            return self.dead, dead
         if reply is not None and msg.reply_to:
-            self.client.xadd(
-                msg.reply_to, {"data": json.dumps(reply)}, maxlen=REPLY_MAXLEN, approximate=True
-            )
-        self.client.xack(cfg.stream, cfg.group, entry_id)
-        return True
+            return msg.reply_to, {"data": json.dumps(reply)}
+        return None, None
 
 
 def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
