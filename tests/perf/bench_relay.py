@@ -11,6 +11,9 @@ median rate of the rounds and its ratio to the CLI loop.
 Usage::
 
     python tests/perf/bench_relay.py [--events N] [--cli-events N] [--rounds R] [--relays K]
+
+A second group of relays on another stream has ``event_ids = true`` (the row "event_ids"):
+what the id trailer costs the relay.
 """
 
 from __future__ import annotations
@@ -89,16 +92,18 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_relay(work: Path, addr: str, url: str, name: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_relay(
+    work: Path, addr: str, url: str, name: str, stream: str, event_ids: bool
+) -> tuple[subprocess.Popen[bytes], int]:
     metrics = free_port()
     config = work / f"{name}.toml"
     config.write_text(
         f'state_dir = "{work / name}"\nlog_file = "-"\nlog_level = "warning"\n'
         f'[serf]\nrpc_addr = "{addr}"\n'
         f'[relay]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        f'[[sources]]\ntype = "redis"\nurl = "{url}"\nstream = "bench"\ngroup = "g"\n'
+        f'[[sources]]\ntype = "redis"\nurl = "{url}"\nstream = "{stream}"\ngroup = "g"\n'
         f'consumer = "{name}"\nrate = 1000000\nburst = 1000000\nbatch = 100\n'
-        'allow_events = ["bench"]\n'
+        f'allow_events = ["bench"]\nevent_ids = {"true" if event_ids else "false"}\n'
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "serfbridge", "--config", str(config), "relay"],
@@ -140,14 +145,14 @@ def rpc_round(addr: str, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def relay_round(url: str, ports: list[int], n: int) -> float:
+def relay_round(url: str, stream: str, ports: list[int], n: int) -> float:
     client = redis.Redis.from_url(url)
     before = relayed(ports)
     pipe = client.pipeline(transaction=False)
     body = [json.dumps({"type": "event", "name": "bench", "payload": f"x{i}"}) for i in range(n)]
     started = time.perf_counter()
     for data in body:
-        pipe.xadd("bench", {"data": data})
+        pipe.xadd(stream, {"data": data})
     pipe.execute()
     wait(lambda: relayed(ports) >= before + n, 300, "relay to drain the stream")
     return n / (time.perf_counter() - started)
@@ -169,17 +174,20 @@ def main() -> int:
         procs.append(agent)
         rserver, url = start_redis(work)
         procs.append(rserver)
-        ports = []
-        for k in range(args.relays):
-            relay, port = start_relay(work, addr, url, f"relay{k}")
-            procs.append(relay)
-            ports.append(port)
-        relay_round(url, ports, 50)  # warm-up: group creation, connections
-        rates: dict[str, list[float]] = {"cli": [], "rpc": [], "relay": []}
+        groups: dict[str, list[int]] = {"bench": [], "bench-ids": []}
+        for stream, ports in groups.items():
+            for k in range(args.relays):
+                name = f"{stream}-relay{k}"
+                relay, port = start_relay(work, addr, url, name, stream, stream == "bench-ids")
+                procs.append(relay)
+                ports.append(port)
+            relay_round(url, stream, ports, 50)  # warm-up: group creation, connections
+        rates: dict[str, list[float]] = {"cli": [], "rpc": [], "relay": [], "ids": []}
         for _ in range(args.rounds):
             rates["cli"].append(cli_round(addr, args.cli_events))
             rates["rpc"].append(rpc_round(addr, args.events))
-            rates["relay"].append(relay_round(url, ports, args.events))
+            rates["relay"].append(relay_round(url, "bench", groups["bench"], args.events))
+            rates["ids"].append(relay_round(url, "bench-ids", groups["bench-ids"], args.events))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -190,6 +198,7 @@ def main() -> int:
         (f"`serf event` CLI loop ({args.cli_events}/round)", rates["cli"]),
         (f"raw RPC `event` loop, one connection ({args.events}/round)", rates["rpc"]),
         (f"Redis stream -> relay x{args.relays} -> Serf ({args.events}/round)", rates["relay"]),
+        (f"same, `event_ids = true` ({args.events}/round)", rates["ids"]),
     ]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {args.rounds} rounds\n")
     print("| path | events/s (median) | min..max | x CLI |")
