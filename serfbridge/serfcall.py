@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import log
 from .errors import Rejected, SerfCommandError, SerfError, SerfUnavailable
-from .rpc import SerfRPC
+from .rpc import SerfRPC, parse_addr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -147,7 +148,17 @@ class CliCaller:
         if auth:
             self._env["SERF_RPC_AUTH"] = auth
         self._metrics = metrics
-        self.healthy = True
+
+    @property
+    def healthy(self) -> bool:
+        """The agent's RPC port takes a connection. A TCP connect, not ``serf members``: a
+        health probe must not start a process per request."""
+        try:
+            host, port = parse_addr(self.addr)
+            with socket.create_connection((host, port), timeout=min(self.timeout, 2.0)):
+                return True
+        except (OSError, ValueError):
+            return False
 
     def _run(self, command: str, args: list[str], wait: float) -> str:
         argv = [*self.argv, command, f"-rpc-addr={self.addr}", *args]

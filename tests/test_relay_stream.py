@@ -138,7 +138,8 @@ def test_serf_cli_fallback(
     serf_bin: str,
     tmp_path: Path,
 ) -> None:
-    """With serf_cli set the relay runs `serf event` / `serf query` (argv, no shell)."""
+    """With serf_cli set the relay runs `serf event` / `serf query` (argv, no shell);
+    /healthz checks that the agent's RPC port answers."""
     agent = serf_cluster(1)[0]
     watch = Watcher(agent)
     http = free_port()
@@ -160,6 +161,10 @@ def test_serf_cli_fallback(
             status, doc = post(http, "/v1/event", {"name": "deploy", "payload": "x" * 473},
                                token=TOKEN)  # fmt: skip
             assert (status, doc["reason"]) == (413, "too_large")
+            assert get_text(http, "/healthz")[0] == 200
+            agent.kill9()
+            status, text = get_text(http, "/healthz")
+            assert (status, json.loads(text)["status"]) == (503, "degraded")
     finally:
         watch.close()
     assert not (tmp_path / "relay" / "pwned").exists()
