@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         help="run the relay: inbound HTTP/MQTT/Redis/local messages -> Serf events and queries",
     )
+    _add_send(sub)
     service = sub.add_parser(
         "service",
         help="Windows: host `serfbridge relay` (or COMMAND) as the serfbridge-relay service; "
@@ -110,6 +111,37 @@ def _add_route(sub: Any) -> None:
         help="take the node's name, role and tags from SERF_SELF_* and SERF_TAG_* variables",
     )
     route.add_argument("--json", action="store_true", help="one JSON object per event")
+
+
+def _add_send(sub: Any) -> None:
+    send = sub.add_parser(
+        "send",
+        help="send one event or query to the relay's local source and print its answer",
+        description="Send one message to a running `serfbridge relay` through its local "
+        "source (Unix socket, or named pipe on Windows) and print the answer JSON: "
+        '{"accepted": true} for an event, the reply for a query, or {"error", "reason"}.',
+    )
+    send.add_argument("kind", choices=["event", "query"])
+    send.add_argument("name", help="user event or query name")
+    send.add_argument(
+        "payload", nargs="?", default="", help="payload text; '-' reads it (bytes) from stdin"
+    )
+    send.add_argument(
+        "--path", help="socket path or pipe name (default: the config's local source's path)"
+    )
+    send.add_argument("--source", metavar="NAME", help="which local source of the config")
+    send.add_argument(
+        "--coalesce", action="store_true", help="event: let Serf coalesce it (default: no)"
+    )
+    send.add_argument("--node", action="append", default=[], help="query: only this node")
+    send.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=REGEXP", help="query: tag filter"
+    )
+    send.add_argument("--timeout", type=float, metavar="SECONDS", help="query timeout")
+    send.add_argument("--id", help="message id: repeats are refused (and with event_ids, dropped)")
+    send.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for an event's answer"
+    )
 
 
 def _settings(config: str | None) -> Any:
@@ -270,6 +302,54 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _local_path(config: str | None, name: str | None) -> str:
+    from .errors import ConfigError
+
+    settings = _settings(config)
+    local = [s for s in settings.sources if s.type == "local"]
+    where = paths.config_path(config)
+    if name is not None:
+        local = [s for s in local if s.name == name]
+        if not local:
+            raise ConfigError(f"no local source named {name!r} in {where}")
+    if not local:
+        raise ConfigError(f'no [[sources]] with type = "local" in {where}: add one, or give --path')
+    if len(local) > 1:
+        names = ", ".join(s.name for s in local)
+        raise ConfigError(f"{where} has several local sources ({names}): pick one with --source")
+    path: str = local[0].path
+    return path
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from . import sendlocal
+
+    if args.kind == "event" and (args.node or args.tag or args.timeout is not None):
+        sys.stderr.write("serfbridge: --node, --tag and --timeout are for queries\n")
+        return EXIT_USAGE
+    tags = {}
+    for spec in args.tag:
+        key, sep, value = spec.partition("=")
+        if not sep or not key:
+            sys.stderr.write(f"serfbridge: --tag wants KEY=REGEXP, got {spec!r}\n")
+            return EXIT_USAGE
+        tags[key] = value
+    path = args.path or _local_path(args.config, args.source)
+    # os.fsencode: the argument's own bytes, even where they are not UTF-8.
+    payload = sys.stdin.buffer.read() if args.payload == "-" else os.fsencode(args.payload)
+    doc = sendlocal.message(
+        args.kind, args.name, payload, coalesce=args.coalesce, nodes=args.node, tags=tags,
+        timeout=args.timeout, msg_id=args.id,
+    )  # fmt: skip
+    answer = sendlocal.send(path, doc, sendlocal.answer_wait(args.kind, args.timeout, args.wait))
+    sys.stdout.write(json.dumps(answer) + "\n")
+    if "error" in answer:
+        log.error("the relay refused the message", reason=answer.get("reason"),
+                  error=answer.get("error"))  # fmt: skip
+        return sendlocal.EXIT_REFUSED
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -292,6 +372,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "route": cmd_route,
     "relay": cmd_relay,
+    "send": cmd_send,
     "service": cmd_service,
 }
 
