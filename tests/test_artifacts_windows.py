@@ -8,6 +8,7 @@ here measures time.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from support.bridge import BridgeNode
 from support.handler import run_handler
 from support.ports import free_port, wait_for
 from support.proc import MissingBinaryError
-from support.relay import RelayProcess, http_source, post
+from support.relay import RelayProcess, Watcher, http_source, post
 from support.serf import SerfAgent
 from support.wine import Wine, prefix_from_dist, windows_serf_agent
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from support.serf import SerfClusterFactory
     from support.servers import HttpReceiver, Mosquitto, RedisServer
 
 pytestmark = [pytest.mark.artifact, pytest.mark.wine]
@@ -445,3 +447,54 @@ def test_installer_installs_service_path_config_and_uninstalls_clean(
     uninst_key = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall\serfbridge"
     assert _reg_value(wine, uninst_key, "DisplayName") is None
     assert config.exists()  # configuration and spool are the user's data: kept
+
+
+class WineRelay(RelayProcess):
+    """serfbridge.exe relay under wine. Its log goes through `| cat`: a Windows Python whose
+    stderr is a Linux regular file dies (WINDOWS.md); Linux paths reach it as Z:\\ paths."""
+
+    def __init__(self, wine: Wine, exe: str, workdir: Path, body: str, rpc_addr: str) -> None:
+        super().__init__(workdir, [exe], body, rpc_addr=rpc_addr, env=wine.env())
+        self.exe = exe
+
+    def argv(self) -> list[str]:
+        command = [self.exe, "--config", Wine.z_path(self.config), "relay"]
+        return ["sh", "-c", 'wine "$@" 2>&1 | cat', "sh", *command]
+
+
+def test_relay_named_pipe_and_send(
+    wine: Wine, exe: str, serf_cluster: SerfClusterFactory, tmp_path: Path
+) -> None:
+    """On Windows the local source is a named pipe: serfbridge.exe relay serves it, and
+    serfbridge.exe send raises an event and runs a query through it, against Linux agents."""
+    cluster = serf_cluster(2)
+    watch = Watcher(cluster[0])
+    pipe = rf"\\.\pipe\serfbridge-test-{uuid.uuid4().hex[:8]}"
+    body = (
+        f"[[sources]]\ntype = 'local'\npath = '{pipe}'\n"
+        "allow_events = ['deploy']\nallow_queries = ['load']\n"
+    )
+    relay = WineRelay(wine, exe, tmp_path / "relay", body, cluster[0].rpc_addr)
+    config = Wine.z_path(relay.config)
+
+    def send(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return wine.run([exe, "--config", config, "send", *args], timeout=120)
+
+    try:
+        with relay:
+            relay.start(timeout=120)
+            sent = send("event", "deploy", "via-pipe")
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert json.loads(sent.stdout) == {"accepted": True}
+            wait_for(lambda: b"via-pipe" in watch.payloads(), 20, what="the event from the pipe")
+            query = send("query", "load", "--timeout", "2")
+            assert query.returncode == 0, query.stdout + query.stderr
+            assert sorted(json.loads(query.stdout)["acks"]) == ["n1", "n2"]
+            refused = send("event", "other")
+            assert refused.returncode == 9
+            assert json.loads(refused.stdout)["reason"] == "not_allowed"
+        gone = send("event", "deploy")
+        assert gone.returncode == 6, gone.stdout + gone.stderr
+    finally:
+        watch.close()
+    assert "Traceback" not in relay.log_text()

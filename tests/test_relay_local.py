@@ -16,6 +16,7 @@ from multiprocessing.connection import Client
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from support.ports import wait_for
 from support.relay import RelayProcess, Watcher
 
@@ -71,6 +72,7 @@ def _send(
     return proc
 
 
+@pytest.mark.e2e
 def test_send_command_through_a_running_relay(
     serf_cluster: SerfClusterFactory, serfbridge_cmd: list[str], tmp_path: Path
 ) -> None:
