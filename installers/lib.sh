@@ -10,6 +10,20 @@ mkdir -p "$BUILD_CACHE"
 say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+# parse_out USAGE_NAME DEFAULT_DIR "$@": sets OUT from an optional `--out DIR` (made absolute);
+# any other argument ends the script with the usage.
+parse_out() {
+    local usage="$1"
+    OUT="$2"
+    shift 2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT="$(realpath -m "$2")"; shift 2 ;;
+            *) die "unknown argument: $1 (usage: $usage [--out DIR])" ;;
+        esac
+    done
+}
+
 serfbridge_version() {
     sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$SERFBRIDGE_ROOT/serfbridge/__init__.py"
 }

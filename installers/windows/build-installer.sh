@@ -4,13 +4,7 @@
 # Usage: installers/windows/build-installer.sh [--out DIR]
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-OUT="$SERFBRIDGE_ROOT/dist/windows"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT="$(realpath -m "$2")"; shift 2 ;;
-        *) die "unknown argument: $1 (usage: build-installer.sh [--out DIR])" ;;
-    esac
-done
+parse_out build-installer.sh "$SERFBRIDGE_ROOT/dist/windows" "$@"
 apt_need makensis:nsis
 VERSION="$(serfbridge_version)"
 [ -e "$OUT/serfbridge/serfbridge.exe" ] || die "no $OUT/serfbridge/serfbridge.exe: run build-wine.sh"

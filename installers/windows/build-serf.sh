@@ -6,13 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 
-OUT="$SERFBRIDGE_ROOT/dist/windows"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT="$(realpath -m "$2")"; shift 2 ;;
-        *) die "unknown argument: $1 (usage: build-serf.sh [--out DIR])" ;;
-    esac
-done
+parse_out build-serf.sh "$SERFBRIDGE_ROOT/dist/windows" "$@"
 apt_need go:golang-go
 apt_need_pkg golang-github-hashicorp-serf-dev
 STUB_SRC="$SERFBRIDGE_ROOT/installers/windows/xsys-stub/windows.go"

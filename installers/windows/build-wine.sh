@@ -9,13 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/wine.sh"
 
-OUT="$SERFBRIDGE_ROOT/dist/windows"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT="$(realpath -m "$2")"; shift 2 ;;
-        *) die "unknown argument: $1 (usage: build-wine.sh [--out DIR])" ;;
-    esac
-done
+parse_out build-wine.sh "$SERFBRIDGE_ROOT/dist/windows" "$@"
 START=$SECONDS
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(source_date_epoch)}"
 T0=$SECONDS; wine_prefix; T_PREFIX=$((SECONDS - T0))
