@@ -1,0 +1,97 @@
+#!/usr/bin/python3 -IS
+"""``serfbridge`` of the Linux packages: Serf events on the system Python, the rest frozen.
+
+Installed as ``<dir>/serfbridge`` (``/usr/lib/serfbridge`` in the .deb, linked from
+``/usr/bin/serfbridge``) next to
+
+- ``<dir>/serfbridge-frozen`` and ``<dir>/_internal/``: the PyInstaller one-folder build, the
+  whole of serfbridge; it also works alone as the handler;
+- ``<dir>/capture/serfbridge/``: the capture path's modules as plain ``.py`` (standard
+  library only), copied by installers/linux/package.sh.
+
+Serf runs its handler once per event and waits for it. The frozen build starts in ~38 ms, of
+which most is its bootloader (it re-executes itself once on Linux) and its interpreter's
+start; the system Python started with ``-I -S`` runs the same capture code in about half that
+(docs/building.md). So a handler run (``cli._fast_handler_args``: ``SERF_EVENT`` set and no
+subcommand, or ``handle``) runs here, and everything else is ``execv``'d to the frozen build
+with the same arguments. A handler run is handed over too, through ``runtime.handoff``,
+whenever the capture path needs what the system Python lacks: the config cache is missing or
+stale (validating the TOML needs pydantic), ``exact_tags`` (msgpack), or a module of the
+copy cannot be imported. Every hand-off happens before stdin is read, so the frozen build
+gets the whole event.
+
+Shebang: ``-I`` ignores ``PYTHON*`` variables and the user's site directory and leaves the
+script's directory off ``sys.path``; ``-S`` skips ``site`` (dist-packages: nothing installed
+on the host can shadow the copy, and it is ~3 ms less). Linux passes the rest of the shebang
+line as one argument, so the flags are one word: ``-I -S`` would be an unknown option.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+FROZEN = os.path.join(HERE, "serfbridge-frozen")
+CAPTURE = os.path.join(HERE, "capture")
+EXIT_INTERNAL = 1  # serfbridge.errors.EXIT_INTERNAL, needed before the copy is importable
+
+# Set once the capture copy has been imported and this is a handler run: where a broken
+# installation keeps the event (see _cannot_run_frozen).
+_handler_config: list[str | None] = []
+
+
+def run_frozen(reason: str) -> NoReturn:
+    """Replace this process by the frozen build with the same arguments, stdin untouched."""
+    try:
+        os.execv(FROZEN, [FROZEN, *sys.argv[1:]])  # noqa: S606 - argv list, no shell wanted
+    except OSError as exc:
+        _cannot_run_frozen(f"cannot run {FROZEN} ({reason}): {exc.strerror or exc}")
+
+
+def _cannot_run_frozen(problem: str) -> NoReturn:
+    """A broken installation: say so (not into a query's answer) and keep the event raw in
+    ``spool/rejected/``, as an unusable config does, so that it is not lost."""
+    if os.environ.get("SERF_EVENT") != "query":
+        sys.stderr.write(f"serfbridge: {problem}; reinstall serfbridge\n")
+    if _handler_config:
+        try:
+            from serfbridge import handler, paths, spool
+
+            data, _ = handler.read_stdin(handler.DEFAULT_MAX_INPUT)
+            state_dir = paths.fallback_state_dir(_handler_config[0])
+            spool.reject(state_dir, problem, dict(os.environ), data, time.time())
+        except Exception:  # noqa: BLE001, S110 - already failing; the message above stands
+            pass
+    sys.exit(EXIT_INTERNAL)
+
+
+def main() -> int:
+    sys.path.insert(0, CAPTURE)
+    try:
+        from serfbridge import cli, runtime
+
+        # cli.main's own test, so both programs agree on what a handler run is.
+        handler_run, config = cli._fast_handler_args(sys.argv[1:])
+        if not handler_run:
+            run_frozen("not a handler run")
+        # The capture path imports these lazily, after stdin is read: too late to hand over.
+        from serfbridge import handler  # noqa: F401
+
+        if os.environ.get("SERF_EVENT") == "query":
+            from serfbridge import procrun, respond  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - whatever the copy lacks, the frozen build has
+        run_frozen(f"capture modules unusable: {type(exc).__name__}: {exc}")
+    _handler_config.append(config)
+    runtime.handoff = run_frozen
+    runtime.self_command = [FROZEN]
+    return cli.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
