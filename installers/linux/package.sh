@@ -10,8 +10,9 @@ STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 
 # The installed program directory (the .deb's /usr/lib/serfbridge, the tarball's top):
-#   serfbridge            the launcher (installers/linux/launcher.py): handler runs on the system
-#                         Python (/usr/bin/python3 -IS), everything else execs serfbridge-frozen
+#   serfbridge            the launcher (installers/linux/launcher_stub.py, which runs
+#                         capture/serfbridge_launcher.py): handler runs on the system Python
+#                         (/usr/bin/python3 -IS), everything else execs serfbridge-frozen
 #   serfbridge-frozen     the one-folder build's executable, renamed; _internal/ beside it
 #   capture/serfbridge/   the capture path's modules as .py, standard library only
 # The bootloader finds _internal/ next to its own executable, whatever that is called.
@@ -23,7 +24,8 @@ LIB="$STAGE/lib"
 mkdir -p "$LIB/capture/serfbridge"
 cp -a "$OUT/serfbridge/." "$LIB/"
 mv "$LIB/serfbridge" "$LIB/serfbridge-frozen"
-install -m 0755 "$HERE/launcher.py" "$LIB/serfbridge"
+install -m 0755 "$HERE/launcher_stub.py" "$LIB/serfbridge"
+install -m 0644 "$HERE/serfbridge_launcher.py" "$LIB/capture/"
 for mod in "${CAPTURE_MODULES[@]}"; do
     install -m 0644 "$SERFBRIDGE_ROOT/serfbridge/$mod.py" "$LIB/capture/serfbridge/"
 done
@@ -33,7 +35,7 @@ done
 python3 -I -S -B - "$LIB/capture" <<'PY' || die "the capture copy does not import on its own"
 import sys
 sys.path.insert(0, sys.argv[1])
-import serfbridge.cli, serfbridge.handler, serfbridge.respond, serfbridge.procrun  # noqa
+import serfbridge_launcher, serfbridge.handler, serfbridge.respond, serfbridge.procrun  # noqa
 outside = sorted(
     name for name, mod in sys.modules.items()
     if name.startswith("serfbridge") and not getattr(mod, "__file__", "").startswith(sys.argv[1])

@@ -1,8 +1,8 @@
-#!/usr/bin/python3 -IS
 """``serfbridge`` of the Linux packages: Serf events on the system Python, the rest frozen.
 
-Installed as ``<dir>/serfbridge`` (``/usr/lib/serfbridge`` in the .deb, linked from
-``/usr/bin/serfbridge``) next to
+Installed as ``<dir>/capture/serfbridge_launcher.py`` and run by the script
+``<dir>/serfbridge`` (installers/linux/launcher_stub.py; ``/usr/lib/serfbridge`` in the .deb,
+linked from ``/usr/bin/serfbridge``). Next to them:
 
 - ``<dir>/serfbridge-frozen`` and ``<dir>/_internal/``: the PyInstaller one-folder build, the
   whole of serfbridge; it also works alone as the handler;
@@ -20,10 +20,8 @@ stale (validating the TOML needs pydantic), ``exact_tags`` (msgpack), or a modul
 copy cannot be imported. Every hand-off happens before stdin is read, so the frozen build
 gets the whole event.
 
-Shebang: ``-I`` ignores ``PYTHON*`` variables and the user's site directory and leaves the
-script's directory off ``sys.path``; ``-S`` skips ``site`` (dist-packages: nothing installed
-on the host can shadow the copy, and it is ~3 ms less). Linux passes the rest of the shebang
-line as one argument, so the flags are one word: ``-I -S`` would be an unknown option.
+The logic is a module rather than the script itself because Python compiles a script on
+every start (~0.6 ms for this file) but caches a module's byte-code (postinst compiles it).
 """
 
 from __future__ import annotations
@@ -36,9 +34,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-HERE = os.path.dirname(os.path.realpath(__file__))
+# <dir>/capture/serfbridge_launcher.py: <dir> holds the frozen build.
+HERE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 FROZEN = os.path.join(HERE, "serfbridge-frozen")
-CAPTURE = os.path.join(HERE, "capture")
 EXIT_INTERNAL = 1  # serfbridge.errors.EXIT_INTERNAL, needed before the copy is importable
 
 # Set once the capture copy has been imported and this is a handler run: where a broken
@@ -72,7 +70,8 @@ def _cannot_run_frozen(problem: str) -> NoReturn:
 
 
 def main() -> int:
-    sys.path.insert(0, CAPTURE)
+    """Run a handler run here; hand everything else to the frozen build. The stub has put
+    ``<dir>/capture`` first on ``sys.path``."""
     try:
         from serfbridge import cli, runtime
 
@@ -91,7 +90,3 @@ def main() -> int:
     runtime.handoff = run_frozen
     runtime.self_command = [FROZEN]
     return cli.main(sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
