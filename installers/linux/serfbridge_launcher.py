@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 HERE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 FROZEN = os.path.join(HERE, "serfbridge-frozen")
 EXIT_INTERNAL = 1  # serfbridge.errors.EXIT_INTERNAL, needed before the copy is importable
+# pyproject.toml's requires-python: the capture modules use tomllib (3.11). An older system
+# Python still works, as a detour: every run goes to the frozen build.
+MIN_PYTHON = (3, 11)
 
 # Set once the capture copy has been imported and this is a handler run: where a broken
 # installation keeps the event (see _cannot_run_frozen).
@@ -72,6 +75,8 @@ def _cannot_run_frozen(problem: str) -> NoReturn:
 def main() -> int:
     """Run a handler run here; hand everything else to the frozen build. The stub has put
     ``<dir>/capture`` first on ``sys.path``."""
+    if sys.version_info < MIN_PYTHON:
+        run_frozen(f"python {sys.version_info[0]}.{sys.version_info[1]} is older than 3.11")
     try:
         from serfbridge import cli, runtime
 
