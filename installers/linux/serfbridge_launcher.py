@@ -84,7 +84,8 @@ def main() -> int:
         handler_run, config = cli._fast_handler_args(sys.argv[1:])
         if not handler_run:
             run_frozen("not a handler run")
-        # The capture path imports these lazily, after stdin is read: too late to hand over.
+        # Imported now so that a module the copy lacks hands over here: cli.main imports
+        # handler lazily, and a query's responder modules come only after stdin is read.
         from serfbridge import handler  # noqa: F401
 
         if os.environ.get("SERF_EVENT") == "query":
