@@ -1,10 +1,10 @@
 """Which interpreter runs serfbridge, and how to hand a run to a fuller one.
 
 A source install or a frozen build has every dependency. The Linux packages also ship a
-launcher (``installers/linux/launcher.py``) that runs the capture path on the system Python,
-which starts in about half the time but has none of serfbridge's dependencies (pydantic,
-msgpack, httpx ...). The launcher sets the two attributes below; everywhere else they stay
-``None`` and this module does nothing.
+launcher (``installers/linux/serfbridge_launcher.py``) that runs the capture path on the
+system Python, which starts in about half the time but has none of serfbridge's
+dependencies (pydantic, msgpack, httpx ...). The launcher sets the two attributes below;
+everywhere else they stay ``None`` and this module does nothing.
 
 - ``handoff(reason)`` re-executes the same command with the frozen build and never returns.
   The capture path calls :func:`need_full` before it uses a dependency, and always before

@@ -1,5 +1,6 @@
 """The launcher of the Linux packages, installed from the .deb: the system Python runs the
-handler, the frozen build everything else and every hand-off (installers/linux/launcher.py).
+handler, the frozen build everything else and every hand-off
+(installers/linux/serfbridge_launcher.py).
 
 Run after `installers/linux/build.sh`: `pytest --artifacts -m artifact` (docs/building.md).
 Whether a run took the fast path is shown, not guessed: with the frozen build renamed away,
