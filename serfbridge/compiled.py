@@ -5,15 +5,18 @@ Validation with pydantic-settings costs ~0.4 s of imports; reading a marshal fil
 and stamped with the config file's stat (mtime, ctime, size, inode), so editing or replacing
 the file, or changing the environment, recompiles on the next event. Entries hold secrets in
 clear, so they are written with mode 0600 in a directory only the agent's user uses.
+
+The entry is plain data (dicts, lists, str, int, float, bool, None) written with marshal
+format 4, which every CPython since 3.4 reads, and the key leaves out the Python version:
+the Linux launcher reads on the system Python what the frozen build (another CPython) wrote.
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-import sys
 
-from . import __version__, paths
+from . import __version__, paths, runtime
 from .errors import ConfigError
 
 try:
@@ -25,7 +28,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._types import Compiled
 
-_FORMAT = 2
+_FORMAT = 3
+# Pinned, not marshal.version: a newer writer's default could be unreadable to an older reader.
+_MARSHAL_VERSION = 4
 
 
 def _stamp(path: str) -> tuple[int, int, int, int] | None:
@@ -40,7 +45,7 @@ def _stamp(path: str) -> tuple[int, int, int, int] | None:
 
 def _cache_file(path: str) -> str:
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("SERFBRIDGE_"))
-    key = repr((_FORMAT, os.path.abspath(path), env, __version__, sys.version_info[:2]))
+    key = repr((_FORMAT, os.path.abspath(path), env, __version__))
     cache_dir = os.environ.get("SERFBRIDGE_CACHE_DIR") or paths.default_cache_dir()
     name = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
     return os.path.join(cache_dir, name + ".marshal")
@@ -64,7 +69,7 @@ def _write(cache: str, stamp: object, compiled: Compiled) -> None:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
         try:
-            os.write(fd, marshal.dumps({"stamp": stamp, "compiled": compiled}))
+            os.write(fd, marshal.dumps({"stamp": stamp, "compiled": compiled}, _MARSHAL_VERSION))
         finally:
             os.close(fd)
         os.replace(tmp, cache)
@@ -90,6 +95,8 @@ def load(explicit: str | None = None) -> Compiled:
     compiled = _read(cache, stamp)
     if compiled is not None:
         return compiled
+    # Compiling needs pydantic: an interpreter without it hands the run over here.
+    runtime.need_full("config cache missing or stale")
     compiled = compile_now(path if stamp is not None else None)
     _write(cache, stamp, compiled)
     return compiled

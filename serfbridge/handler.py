@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from . import compiled, eventid, filters, jsonenc, log, parse, paths, spool, when
+from . import compiled, eventid, filters, jsonenc, log, parse, paths, runtime, spool, when
 from .appendfile import append_record
 from .errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
 
@@ -163,6 +163,9 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
         cfg = compiled.load(config_arg)
     except ConfigError as exc:
         return _without_config(exc, env, received, config_arg)
+    if cfg["serf"]["exact_tags"] and env.get("SERF_EVENT", "").startswith("member-"):
+        # The RPC client needs msgpack; decided before stdin is read, so a hand-off keeps it.
+        runtime.need_full("exact_tags")
     log.configure(cfg["log_file"], cfg["log_level"])
     if is_query:
         log.silence()

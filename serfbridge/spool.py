@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from . import filelock, jsonenc
+from . import filelock, jsonenc, runtime
 
 _counter = [0]
 WINDOWS = sys.platform == "win32"
@@ -126,9 +126,13 @@ def deliverer_running(state_dir: str) -> bool:
 
 def deliverer_argv(config: str | None) -> list[str]:
     """How to start ``serfbridge deliver`` with this very installation."""
-    argv = (
-        [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "serfbridge"]
-    )
+    if runtime.self_command is not None:
+        # The Linux launcher: this interpreter cannot run the deliverer, the frozen build can.
+        argv = list(runtime.self_command)
+    elif getattr(sys, "frozen", False):
+        argv = [sys.executable]
+    else:
+        argv = [sys.executable, "-m", "serfbridge"]
     if config:
         # --config is an option of the top-level parser: it must come before the command.
         argv += ["--config", config]

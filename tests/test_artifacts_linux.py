@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.bridge import BridgeNode
+from support.deb import dpkg, empty_root
 from support.handler import fire_user
 from support.proc import clean_environ
 
@@ -73,50 +74,34 @@ def test_frozen_handler_records_event(linux_dist: Path, tmp_path: Path, rel: str
 
 
 def test_tarball_contents(linux_dist: Path) -> None:
-    """The tarball holds the one-folder build, the example config and the systemd unit."""
+    """The tarball holds the launcher, the one-folder build beside it, the capture modules,
+    the example config and the systemd unit."""
     tarball = _only(sorted(linux_dist.glob("serfbridge-*-linux-*.tar.gz")), "tarball")
     top = f"serfbridge-{__version__}"
     with tarfile.open(tarball) as tar:
         names = set(tar.getnames())
-        exe = tar.getmember(f"{top}/serfbridge")
-    for name in ("serfbridge.example.toml", "serfbridge-relay.service", "README.md", "_internal"):
+        launcher = tar.getmember(f"{top}/serfbridge")
+        frozen = tar.getmember(f"{top}/serfbridge-frozen")
+        readme = tar.extractfile(f"{top}/README.md")
+        assert readme is not None
+        readme_text = readme.read().decode("utf-8")
+    for name in (
+        "serfbridge.example.toml",
+        "serfbridge-relay.service",
+        "README.md",
+        "_internal",
+        "capture/serfbridge/handler.py",
+        "capture/serfbridge/runtime.py",
+        "capture/serfbridge_launcher.py",
+    ):
         assert f"{top}/{name}" in names
-    assert exe.mode & 0o111
-
-
-def _empty_root(root: Path) -> None:
-    """A root with nothing but root's account and an empty dpkg database."""
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\n")
-    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
-    (root / "etc/gshadow").write_text("root:*::\n")
-    for d in ("info", "updates", "triggers"):
-        (root / "var/lib/dpkg" / d).mkdir(parents=True)
-    (root / "var/lib/dpkg/status").write_text("")
-    (root / "var/lib/dpkg/available").write_text("")
-
-
-def _dpkg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        # chrootless: maintainer scripts run with DPKG_ROOT set (the root has no shell); libc6
-        # is the host's, not registered in the empty root.
-        [
-            "dpkg",
-            f"--root={root}",
-            "--force-script-chrootless",
-            "--force-depends",
-            "--log=/dev/null",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_environ(),
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    assert launcher.mode & 0o111
+    assert frozen.mode & 0o111
+    # The launcher's Python writes its own byte-code; the build's would not match it.
+    assert not [n for n in names if n.startswith(f"{top}/capture/") and "__pycache__" in n]
+    # What the tarball's user must know: the launcher needs python3, the frozen build does not.
+    assert "/usr/bin/python3" in readme_text
+    assert "serfbridge-frozen" in readme_text
 
 
 def _account(root: Path, file: str, name: str) -> list[str]:
@@ -144,20 +129,28 @@ def test_deb_installs_into_clean_root_and_purges(linux_dist: Path, tmp_path: Pat
     """dpkg puts the .deb in an empty root: files, user, spool, unit, --version; purge cleans."""
     deb = _only(sorted(linux_dist.glob("serfbridge_*.deb")), ".deb")
     root = tmp_path / "root"
-    _empty_root(root)
-    _dpkg(root, "-i", str(deb))
+    empty_root(root)
+    dpkg(root, "-i", str(deb))
 
-    status = _dpkg(root, "-s", "serfbridge").stdout
+    status = dpkg(root, "-s", "serfbridge").stdout
     assert "Status: install ok installed" in status
     assert re.search(r"^Conffiles:\n /etc/serfbridge/serfbridge.toml [0-9a-f]{32}$", status, re.M)
 
-    binary = root / "usr/lib/serfbridge/serfbridge"
+    assert re.search(r"^Depends: .*\bpython3\b", status, re.M)
+    binary = root / "usr/lib/serfbridge/serfbridge-frozen"
     assert binary.stat().st_mode & 0o111
     assert (root / "usr/lib/serfbridge/_internal").is_dir()
+    assert "(frozen onedir," in _version([str(binary)])
+    launcher = root / "usr/lib/serfbridge/serfbridge"
+    assert launcher.read_text().startswith("#!/usr/bin/python3 -IS\n")
     link = root / "usr/bin/serfbridge"
     assert link.is_symlink()
     assert os.readlink(link) == "../lib/serfbridge/serfbridge"
+    # --version is not a handler run: the launcher execs the frozen build.
     assert "(frozen onedir," in _version([str(link)])
+    # postinst byte-compiled the capture modules for /usr/bin/python3.
+    pycache = root / "usr/lib/serfbridge/capture/serfbridge/__pycache__"
+    assert any(p.name.startswith("handler.") for p in pycache.iterdir())
 
     user = _account(root, "passwd", "serfbridge")
     group = _account(root, "group", "serfbridge")
@@ -191,7 +184,7 @@ def test_deb_installs_into_clean_root_and_purges(linux_dist: Path, tmp_path: Pat
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
-    _dpkg(root, "--purge", "serfbridge")
+    dpkg(root, "--purge", "serfbridge")
     for gone in (
         "usr/lib/serfbridge",
         "usr/bin/serfbridge",

@@ -9,10 +9,60 @@ EPOCH="${SOURCE_DATE_EPOCH:-$(source_date_epoch)}"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 
-# Tarball: the one-folder build plus what an admin needs next to it.
+# The installed program directory (the .deb's /usr/lib/serfbridge, the tarball's top):
+#   serfbridge            the launcher (installers/linux/launcher_stub.py, which runs
+#                         capture/serfbridge_launcher.py): handler runs on the system Python
+#                         (/usr/bin/python3 -IS), everything else execs serfbridge-frozen
+#   serfbridge-frozen     the one-folder build's executable, renamed; _internal/ beside it
+#   capture/serfbridge/   the capture path's modules as .py, standard library only
+# The bootloader finds _internal/ next to its own executable, whatever that is called.
+# CAPTURE_MODULES: the spec's CAPTURE list (minus __main__ and the typing-only _types), read
+# from the spec so the two never drift apart, plus what the capture path imports lazily
+# (respond, render, procrun for queries; `when`). The import check below imports every one.
+mapfile -t CAPTURE_MODULES < <(python3 - "$SERFBRIDGE_ROOT/installers/serfbridge.spec" <<'PY'
+import ast, sys
+tree = ast.parse(open(sys.argv[1], encoding="utf-8").read())
+listed = next(
+    ast.literal_eval(node.value) for node in tree.body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CAPTURE"
+)
+mods = {m.removeprefix("serfbridge.") for m in listed} - {"__main__", "_types"}
+print("\n".join(sorted(mods | {"__init__", "procrun", "render", "respond", "when"})))
+PY
+)
+[ "${#CAPTURE_MODULES[@]}" -gt 10 ] || die "could not read the CAPTURE list from serfbridge.spec"
+LIB="$STAGE/lib"
+mkdir -p "$LIB/capture/serfbridge"
+cp -a "$OUT/serfbridge/." "$LIB/"
+mv "$LIB/serfbridge" "$LIB/serfbridge-frozen"
+install -m 0755 "$HERE/launcher_stub.py" "$LIB/serfbridge"
+install -m 0644 "$HERE/serfbridge_launcher.py" "$LIB/capture/"
+for mod in "${CAPTURE_MODULES[@]}"; do
+    install -m 0644 "$SERFBRIDGE_ROOT/serfbridge/$mod.py" "$LIB/capture/serfbridge/"
+done
+# The copy must stand alone on a bare interpreter: import it the way the launcher does (no
+# site-packages, nothing else on sys.path) and fail the build if a module is missing or
+# reaches past the standard library. -B: no __pycache__ in the package.
+python3 -I -S -B - "$LIB/capture" "${CAPTURE_MODULES[@]}" <<'PY' \
+    || die "the capture copy does not import on its own"
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+import serfbridge_launcher  # noqa
+for mod in sys.argv[2:]:
+    importlib.import_module("serfbridge" if mod == "__init__" else f"serfbridge.{mod}")
+outside = sorted(
+    name for name, mod in sys.modules.items()
+    if name.startswith("serfbridge") and not getattr(mod, "__file__", "").startswith(sys.argv[1])
+)
+assert not outside, outside
+PY
+"$LIB/serfbridge-frozen" --version >/dev/null || die "the renamed frozen build does not start"
+find "$LIB/capture" -name __pycache__ -prune -exec rm -rf {} +
+
+# Tarball: the program directory plus what an admin needs next to it.
 TAR_DIR="$STAGE/tar/serfbridge-$VERSION"
 mkdir -p "$TAR_DIR"
-cp -a "$OUT/serfbridge/." "$TAR_DIR/"
+cp -a "$LIB/." "$TAR_DIR/"
 cp "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" "$HERE/serfbridge-relay.service" \
     "$SERFBRIDGE_ROOT/README.md" "$TAR_DIR/"
 tar --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
@@ -23,9 +73,9 @@ PKG="$STAGE/deb"
 install -d "$PKG/DEBIAN" "$PKG/usr/lib" "$PKG/usr/bin" "$PKG/etc/serfbridge" \
     "$PKG/lib/systemd/system" "$PKG/usr/lib/sysusers.d" "$PKG/usr/lib/tmpfiles.d" \
     "$PKG/usr/share/doc/serfbridge"
-cp -a "$OUT/serfbridge" "$PKG/usr/lib/serfbridge"
-# Relative, so it also resolves inside another root (dpkg --root). The bootloader follows the
-# link to find _internal/ next to the real executable.
+cp -a "$LIB" "$PKG/usr/lib/serfbridge"
+# Relative, so it also resolves inside another root (dpkg --root). The launcher follows the
+# link (realpath) to find serfbridge-frozen and capture/ next to it.
 ln -s ../lib/serfbridge/serfbridge "$PKG/usr/bin/serfbridge"
 install -m 0644 "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" \
     "$PKG/etc/serfbridge/serfbridge.toml"
@@ -37,11 +87,12 @@ gzip -9n < "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" \
     > "$PKG/usr/share/doc/serfbridge/serfbridge.example.toml.gz"
 install -m 0755 "$HERE/debian/postinst" "$HERE/debian/prerm" "$HERE/debian/postrm" "$PKG/DEBIAN/"
 echo /etc/serfbridge/serfbridge.toml > "$PKG/DEBIAN/conffiles"
-# The bundled libraries need this glibc at least: the one the build machine has.
+# The bundled libraries need this glibc at least: the one the build machine has. python3: the
+# launcher's interpreter (serfbridge-frozen needs none and also works alone as the handler).
 GLIBC="$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"  # no pipe into head: pipefail + SIGPIPE
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$DEB_ARCH/" \
     -e "s/@SIZE@/$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)/" \
-    -e "s/@DEPENDS@/libc6 (>= $GLIBC)/" "$HERE/debian/control.in" > "$PKG/DEBIAN/control"
+    -e "s/@DEPENDS@/libc6 (>= $GLIBC), python3/" "$HERE/debian/control.in" > "$PKG/DEBIAN/control"
 find "$PKG" -exec touch -h -d "@$EPOCH" {} +
 dpkg-deb --root-owner-group -Zxz --build "$PKG" "$OUT/serfbridge_${VERSION}_$DEB_ARCH.deb" >/dev/null
 say "packaged $OUT/serfbridge_${VERSION}_$DEB_ARCH.deb and the tarball"

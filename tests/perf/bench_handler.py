@@ -15,6 +15,9 @@ Rows:
   ``serfbridge/network``: the handler under test, one state dir and config file each;
 * ``--frozen LABEL=PATH``: another serfbridge executable (PyInstaller one-file / one-folder),
   rows ``LABEL/default`` ...;
+* ``--deb PATH``: the .deb installed with ``dpkg --root`` into the temp dir, rows
+  ``launcher/...`` (``/usr/bin/serfbridge``: the launcher, system Python for the handler) and
+  ``deb-frozen/...`` (the frozen one-folder build it hands over to, run directly);
 * ``--handler NAME=CMD``: anything else you want in the same table.
 
 Runs are interleaved round-robin across handlers so machine noise hits all rows alike. The
@@ -31,6 +34,11 @@ Frozen builds next to the source install, in one run::
     python tests/perf/bench_handler.py --configs default \\
         --frozen onefile=dist/linux/serfbridge-onefile \\
         --frozen onedir=dist/linux/serfbridge/serfbridge
+
+The installed Linux package (launcher and its frozen build) next to the baselines::
+
+    python tests/perf/bench_handler.py --no-serfbridge --configs default \\
+        --deb dist/linux/serfbridge_0.1.0_amd64.deb
 
 Standard library only, so it also runs against a frozen serfbridge binary on a bare host.
 """
@@ -252,6 +260,40 @@ def baseline_handlers(root: Path, receiver: Receiver) -> list[Handler]:
         Handler(name=TRUE_NAME, kind="baseline", command="/bin/true"),
         Handler(name=CURL_NAME, kind="baseline", command=shlex.quote(str(script)), hook_path="/"),
     ]
+
+
+DEB_ROWS = {"launcher": "usr/bin/serfbridge", "deb-frozen": "usr/lib/serfbridge/serfbridge-frozen"}
+
+
+def install_deb(deb: str, root: Path) -> list[tuple[str, str]]:
+    """The .deb in an empty root, as the artifact tests install it; (label, path) per row.
+
+    chrootless: the maintainer scripts run with DPKG_ROOT set (byte-compiling the launcher's
+    modules as on a real host); libc6 and python3 are the host's, not registered in the root.
+    """
+    for name, text in (
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\n"),
+        ("var/lib/dpkg/status", ""),
+        ("var/lib/dpkg/available", ""),
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    for d in ("info", "updates", "triggers"):
+        (root / "var/lib/dpkg" / d).mkdir(parents=True, exist_ok=True)
+    argv = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends"]
+    proc = subprocess.run(
+        [*argv, "--log=/dev/null", "-i", os.path.abspath(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"dpkg could not install {deb}:\n{proc.stdout}{proc.stderr}")
+    return [(label, str(root / rel)) for label, rel in DEB_ROWS.items()]
 
 
 # --------------------------------------------------------------------------- running
@@ -534,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rows (repeatable)",
     )
     p.add_argument(
+        "--deb",
+        metavar="PATH",
+        help="install this .deb into the temp dir (dpkg --root) and time its launcher "
+        "(/usr/bin/serfbridge) and its frozen build as launcher/... and deb-frozen/... rows",
+    )
+    p.add_argument(
         "--configs",
         default="default,file",
         help="serfbridge configs to time per executable, comma-separated from default,file "
@@ -616,7 +664,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         label = label.strip()
         if not sep or not label or "/" in label or not path:
             parser.error(f"--frozen wants LABEL=PATH, got {spec!r}")
-        if label == "serfbridge" or any(label == f[0] for f in frozen):
+        if label in {"serfbridge", *DEB_ROWS} or any(label == f[0] for f in frozen):
             parser.error(f"duplicate or reserved --frozen label: {label!r}")
         if any(n.startswith(label + "/") for n in names):
             parser.error(f"--frozen label {label!r} clashes with a --handler name")
@@ -637,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         handlers = baseline_handlers(root, receiver)
         if not (args.only_baselines or args.no_serfbridge):
             handlers += serfbridge_handlers(args, root, receiver)
+        if args.deb and not args.only_baselines:
+            args.frozen_bins += install_deb(args.deb, root / "deb-root")
         if not args.only_baselines:
             for label, path in args.frozen_bins:
                 handlers += serfbridge_handlers(args, root, receiver, label, path)
