@@ -44,11 +44,19 @@ if [ "$TEST" = 1 ]; then
     cd "$SERFBRIDGE_ROOT"
     MARK="artifact or e2e"
     [ "$WINDOWS" = 1 ] || MARK="(artifact or e2e) and not wine"
-    # The end-to-end suite with the frozen binary as handler and relay. Left out: the tests
+    # The end-to-end suite with the built program as handler and relay. Left out: the tests
     # that never run serfbridge (RPC client, harness) and the long load tests (500-event
     # outages, 2,000-entry consumer group), which test the source's logic, not the freezing;
     # scripts/test.sh has run all of them already.
-    step "artifact tests" env SERFBRIDGE_BIN="$SERFBRIDGE_ROOT/dist/linux/serfbridge/serfbridge" \
+    # ... and run as users install it: the tarball's launcher (handler runs on the system
+    # Python, every other command through the frozen build beside it). The frozen build alone
+    # as the handler is compared with the launcher in test_artifacts_launcher.py.
+    INSTALLED="$SERFBRIDGE_ROOT/dist/linux/installed"
+    rm -rf "$INSTALLED"; mkdir -p "$INSTALLED"
+    tar -xzf "$SERFBRIDGE_ROOT"/dist/linux/serfbridge-*-linux-*.tar.gz -C "$INSTALLED"
+    LAUNCHER="$(echo "$INSTALLED"/serfbridge-*/serfbridge)"
+    [ -x "$LAUNCHER" ] || die "no launcher in the tarball ($LAUNCHER)"
+    step "artifact tests" env SERFBRIDGE_BIN="$LAUNCHER" \
         SERFBRIDGE_REQUIRE_ALL=1 python -m pytest --artifacts -m "$MARK" -q \
         --ignore=tests/test_rpc.py --ignore=tests/test_harness.py \
         --ignore=tests/test_faults.py --ignore=tests/test_relay_redis_group.py
