@@ -100,3 +100,18 @@ prune_cache() {
         rm -rf "$old"
     done
 }
+
+# store_build DIST CACHED GLOB: keep a finished PyInstaller dist directory as the cache entry
+# CACHED, marked done last (a build cut short is never taken for whole); prune older GLOB.
+store_build() {
+    local dist="$1" cached="$2" glob="$3"
+    rm -rf "$cached"; mkdir -p "$cached"
+    cp -a "$dist/." "$cached/"
+    touch "$cached/done"
+    prune_cache "$glob"
+}
+
+# copy_build CACHED DEST: a cached build out to DEST, without the cache's done mark.
+copy_build() {
+    rm -rf "$2"; cp -a "$1" "$2"; rm -f "$2/done"
+}

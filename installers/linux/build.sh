@@ -52,15 +52,12 @@ build_mode() {
             --distpath "$work/dist" --workpath "$work/build" \
             "$SERFBRIDGE_ROOT/installers/serfbridge.spec" -- --mode "$mode" \
             --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") >&2
-        rm -rf "$cached"; mkdir -p "$cached"
-        cp -a "$work/dist/serfbridge" "$cached/serfbridge"
-        touch "$cached/done"
+        store_build "$work/dist" "$cached" "linux-$1-*"
         rm -rf "$work"
-        prune_cache "linux-$1-*"
     else
         say "$mode build: cached ($cached)"
     fi
-    rm -rf "$OUT/$mode"; cp -a "$cached" "$OUT/$mode"; rm -f "$OUT/$mode/done"
+    copy_build "$cached" "$OUT/$mode"
 }
 T0=$SECONDS; build_mode onedir; T_ONEDIR=$((SECONDS - T0))
 T0=$SECONDS; build_mode onefile; T_ONEFILE=$((SECONDS - T0))

@@ -63,15 +63,12 @@ build_mode() {
         if [ -n "$(find "$work/dist" -iname bcryptprimitives.dll -print -quit)" ]; then
             die "bcryptprimitives.dll ended up in the $mode build"
         fi
-        rm -rf "$cached"; mkdir -p "$cached"
-        cp -a "$work/dist/." "$cached/"
-        touch "$cached/done"
+        store_build "$work/dist" "$cached" "win-$1-*"
         rm -rf "$work"
-        prune_cache "win-$1-*"
     else
         say "Windows $mode build: cached ($cached)"
     fi
-    rm -rf "$OUT/$mode"; cp -a "$cached" "$OUT/$mode"; rm -f "$OUT/$mode/done"
+    copy_build "$cached" "$OUT/$mode"
 }
 T0=$SECONDS; build_mode onedir; T_ONEDIR=$((SECONDS - T0))
 T0=$SECONDS; build_mode onefile; T_ONEFILE=$((SECONDS - T0))
