@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
+from support.relay import Watcher
 from support.serf import SerfCluster, serf_binary
 from support.servers import BlackholeServer, HttpReceiver, Mosquitto, RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
-    from support.serf import SerfClusterFactory
+    from support.serf import SerfAgent, SerfClusterFactory
 
 # Read before the autouse fixture scrubs SERFBRIDGE_* from the environment: this one selects
 # the binary under test (e.g. the PyInstaller build in CI), it is not serfbridge configuration.
@@ -149,6 +150,20 @@ def serf_cluster(tmp_path: Path, serf_bin: str) -> Iterator[SerfClusterFactory]:
     finally:
         for cluster in clusters:
             cluster.stop()
+
+
+@pytest.fixture
+def agent(serf_cluster: SerfClusterFactory) -> SerfAgent:
+    """One `serf agent` without a handler (the relay tests' target)."""
+    return serf_cluster(1)[0]
+
+
+@pytest.fixture
+def watcher(agent: SerfAgent) -> Iterator[Watcher]:
+    """Every user event `agent` sees, from its RPC stream."""
+    watch = Watcher(agent)
+    yield watch
+    watch.close()
 
 
 @pytest.fixture

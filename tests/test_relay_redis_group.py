@@ -16,10 +16,9 @@ from support.relay import RelayProcess, Watcher, get_text, metric
 from serfbridge import eventid
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from support.serf import SerfAgent, SerfClusterFactory
+    from support.serf import SerfAgent
     from support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -86,19 +85,6 @@ def _fill(client: redis.Redis, start: int, n: int) -> list[bytes]:
         pipe.xadd(STREAM, fields)
     pipe.execute()
     return payloads
-
-
-@pytest.fixture
-def agent(serf_cluster: SerfClusterFactory) -> SerfAgent:
-    # info level: 2,000 debug lines per event in the agent log slow it down for nothing.
-    return serf_cluster(1)[0]
-
-
-@pytest.fixture
-def watcher(agent: SerfAgent) -> Iterator[Watcher]:
-    watch = Watcher(agent)
-    yield watch
-    watch.close()
 
 
 def test_two_relays_share_the_load(

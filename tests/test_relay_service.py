@@ -20,10 +20,9 @@ from support.ports import LOOPBACK, free_port, wait_for
 from support.relay import RelayProcess, Watcher, get_text, http_source, metric, post
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-    from support.serf import SerfAgent, SerfClusterFactory
+    from support.serf import SerfAgent
     from support.servers import Mosquitto, RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -31,18 +30,6 @@ pytestmark = pytest.mark.e2e
 TOKEN = "svc-t0ken"  # noqa: S105 - test value
 KEY = "svc-k3y"
 EVENT = {"type": "event", "name": "deploy", "payload": "v"}
-
-
-@pytest.fixture
-def agent(serf_cluster: SerfClusterFactory) -> SerfAgent:
-    return serf_cluster(1)[0]
-
-
-@pytest.fixture
-def watcher(agent: SerfAgent) -> Iterator[Watcher]:
-    watch = Watcher(agent)
-    yield watch
-    watch.close()
 
 
 def test_https_with_a_configured_certificate(
