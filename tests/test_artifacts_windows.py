@@ -13,7 +13,6 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
 from support.bridge import BridgeNode
 from support.handler import run_handler
 from support.ports import free_port, wait_for
@@ -163,15 +162,6 @@ def test_every_event_type_same_document_as_linux(
     assert win_node.host("serfbridge.log").exists()
 
 
-def _stream(url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(url, decode_responses=True)
-    try:
-        entries: list[tuple[str, dict[str, str]]] = client.xrange("serf:events")  # type: ignore[assignment]
-        return [json.loads(fields["data"]) for _, fields in entries]
-    finally:
-        client.close()
-
-
 def test_exe_forwards_to_webhook_redis_mqtt(
     wine: Wine,
     exe: str,
@@ -207,7 +197,7 @@ def test_exe_forwards_to_webhook_redis_mqtt(
 
         def delivered() -> bool:
             hooks = [r for r in http_receiver.requests if r.path == "/w"]
-            return bool(hooks and _stream(redis_server.url) and got)
+            return bool(hooks and redis_server.event_docs() and got)
 
         wait_for(delivered, timeout=120, what="webhook, redis and mqtt", detail=win_node.log_tail)
     finally:
@@ -215,7 +205,7 @@ def test_exe_forwards_to_webhook_redis_mqtt(
         sub.disconnect()
     ids = {
         "http": {r.json()["id"] for r in http_receiver.requests if r.path == "/w"},
-        "redis": {d["id"] for d in _stream(redis_server.url)},
+        "redis": {d["id"] for d in redis_server.event_docs()},
         "mqtt": {d["id"] for d in got},
     }
     assert ids["http"] == ids["redis"] == ids["mqtt"]

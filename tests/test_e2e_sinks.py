@@ -8,7 +8,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -76,15 +75,6 @@ def _sinks(receiver: HttpReceiver, redis_url: str, mqtt_port: int, once: bool) -
     )
 
 
-def _stream(redis_url: str) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        entries: list[tuple[str, dict[str, str]]] = client.xrange("serf:events")  # type: ignore[assignment]
-        return [json.loads(fields["data"]) for _, fields in entries]
-    finally:
-        client.close()
-
-
 def _by(docs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["event"] == event]
 
@@ -118,7 +108,7 @@ def test_every_event_type_reaches_every_sink(
             http = {r.json()["event"] for r in http_receiver.requests if r.path == "/json"}
             return (
                 types <= http
-                and types <= {d["event"] for d in _stream(redis_server.url)}
+                and types <= {d["event"] for d in redis_server.event_docs()}
                 and (types <= {d["event"] for d in subscriber.docs()})
             )
 
@@ -129,7 +119,7 @@ def test_every_event_type_reaches_every_sink(
     user_ids = {
         "http": {r.json()["id"] for r in http_receiver.requests if r.path == "/json"
                  and r.json()["event"] == "user"},
-        "redis": {d["id"] for d in _by(_stream(redis_server.url), "user")},
+        "redis": {d["id"] for d in _by(redis_server.event_docs(), "user")},
         "mqtt": {d["id"] for d in _by(subscriber.docs(), "user")},
     }  # fmt: skip
     assert user_ids["http"] == user_ids["redis"] == user_ids["mqtt"]
@@ -162,7 +152,7 @@ def test_once_forwards_each_event_from_exactly_one_node(
             return _by([r.json() for r in http_receiver.requests if r.path == "/json"], event)
 
         wait_for(lambda: posts("user"), timeout=20, what="the user event POST")
-        wait_for(lambda: _by(_stream(redis_server.url), "user"), timeout=20, what="stream entry")
+        wait_for(lambda: _by(redis_server.event_docs(), "user"), timeout=20, what="stream entry")
         # Every node must have made its once decision before the crash: a deliverer whose own
         # agent is gone cannot ask who is alive and forwards anyway (documented fail-open).
         wait_for(
@@ -177,7 +167,7 @@ def test_once_forwards_each_event_from_exactly_one_node(
         for node in nodes.values():
             node.kill_deliverer()
     assert len(posts("user")) == 1
-    assert len(_by(_stream(redis_server.url), "user")) == 1
+    assert len(_by(redis_server.event_docs(), "user")) == 1
     failed = posts("member-failed")
     assert len(failed) == 1
     assert failed[0]["members"][0]["name"] == "n3"

@@ -62,6 +62,17 @@ class RedisServer(ManagedProcess):
         except OSError:
             return False
 
+    def event_docs(self, key: str = "serf:events") -> list[dict[str, Any]]:
+        """The event documents a redis sink added to stream ``key`` (field ``data``)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            entries: list[tuple[str, dict[str, str]]] = client.xrange(key)  # type: ignore[assignment]
+            return [json.loads(fields["data"]) for _, fields in entries]
+        finally:
+            client.close()
+
 
 class Mosquitto(ManagedProcess):
     """`mosquitto` with an anonymous listener on loopback.
