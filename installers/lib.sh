@@ -101,17 +101,23 @@ prune_cache() {
     done
 }
 
-# store_build DIST CACHED GLOB: keep a finished PyInstaller dist directory as the cache entry
-# CACHED, marked done last (a build cut short is never taken for whole); prune older GLOB.
-store_build() {
-    local dist="$1" cached="$2" glob="$3"
-    rm -rf "$cached"; mkdir -p "$cached"
-    cp -a "$dist/." "$cached/"
-    touch "$cached/done"
-    prune_cache "$glob"
-}
-
-# copy_build CACHED DEST: a cached build out to DEST, without the cache's done mark.
-copy_build() {
-    rm -rf "$2"; cp -a "$1" "$2"; rm -f "$2/done"
+# cached_build CACHED GLOB DEST BUILD [ARG...]: unless the cache entry CACHED is complete, run
+# `BUILD WORK ARG...` in a new directory WORK (it leaves its PyInstaller output in WORK/dist)
+# and keep WORK/dist as CACHED, marked done last so that a build cut short is never taken for
+# whole; older entries matching GLOB are pruned. Then copy CACHED to DEST, without the mark.
+cached_build() {
+    local cached="$1" glob="$2" dest="$3" build="$4" work
+    shift 4
+    if [ ! -e "$cached/done" ]; then
+        work="$(mktemp -d)"
+        "$build" "$work" "$@"
+        rm -rf "$cached"; mkdir -p "$cached"
+        cp -a "$work/dist/." "$cached/"
+        touch "$cached/done"
+        rm -rf "$work"
+        prune_cache "$glob"
+    else
+        say "build cached: $cached"
+    fi
+    rm -rf "$dest"; cp -a "$cached" "$dest"; rm -f "$dest/done"
 }

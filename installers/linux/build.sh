@@ -43,21 +43,17 @@ T_VENV=$((SECONDS - START))
 # 2. Frozen builds, cached by a hash of the sources, the spec and the pins.
 SRC_KEY="$(hash_inputs $(build_sources) | cut -c1-16)-$VENV_KEY"
 mkdir -p "$OUT"
+# freeze WORK MODE: one PyInstaller build into WORK/dist.
+freeze() {
+    local work="$1" mode="$2"
+    say "pyinstaller --mode $mode"
+    (cd "$work" && "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
+        --distpath "$work/dist" --workpath "$work/build" \
+        "$SERFBRIDGE_ROOT/installers/serfbridge.spec" -- --mode "$mode" \
+        --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") >&2
+}
 build_mode() {
-    local mode="$1" cached="$BUILD_CACHE/linux-$1-$SRC_KEY"
-    if [ ! -e "$cached/done" ]; then
-        say "pyinstaller --mode $mode"
-        local work; work="$(mktemp -d)"
-        (cd "$work" && "$VENV/bin/pyinstaller" --noconfirm --log-level WARN \
-            --distpath "$work/dist" --workpath "$work/build" \
-            "$SERFBRIDGE_ROOT/installers/serfbridge.spec" -- --mode "$mode" \
-            --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") >&2
-        store_build "$work/dist" "$cached" "linux-$1-*"
-        rm -rf "$work"
-    else
-        say "$mode build: cached ($cached)"
-    fi
-    copy_build "$cached" "$OUT/$mode"
+    cached_build "$BUILD_CACHE/linux-$1-$SRC_KEY" "linux-$1-*" "$OUT/$1" freeze "$1"
 }
 T0=$SECONDS; build_mode onedir; T_ONEDIR=$((SECONDS - T0))
 T0=$SECONDS; build_mode onefile; T_ONEFILE=$((SECONDS - T0))

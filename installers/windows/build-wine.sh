@@ -47,28 +47,24 @@ T_PYTHON=$((SECONDS - T0))
 
 SRC_KEY="$(hash_inputs $(build_sources) | cut -c1-16)-$PY_KEY-$WINE_KEY"
 mkdir -p "$OUT"
-build_mode() {
-    local mode="$1" cached="$BUILD_CACHE/win-$1-$SRC_KEY"
-    if [ ! -e "$cached/done" ]; then
-        say "wine pyinstaller --mode $mode"
-        local work; work="$(mktemp -d)"
-        (cd "$work" && wine_run "$PYDIR/python.exe" -m PyInstaller --noconfirm --log-level WARN \
-            --distpath "$(winpath "$work/dist")" --workpath "$(winpath "$work/build")" \
-            "$(winpath "$SERFBRIDGE_ROOT/installers/serfbridge.spec")" -- --mode "$mode" \
-            --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") | grep -v 'api-ms-win-' >&2 || true
-        [ -e "$work/dist/serfbridge.exe" ] || [ -e "$work/dist/serfbridge/serfbridge.exe" ] \
-            || die "wine PyInstaller build ($mode) produced no serfbridge.exe"
-        # The ProcessPrng stand-in lives in the wine prefix for builds and tests; it must never
-        # ship (real Windows has its own bcryptprimitives.dll).
-        if [ -n "$(find "$work/dist" -iname bcryptprimitives.dll -print -quit)" ]; then
-            die "bcryptprimitives.dll ended up in the $mode build"
-        fi
-        store_build "$work/dist" "$cached" "win-$1-*"
-        rm -rf "$work"
-    else
-        say "Windows $mode build: cached ($cached)"
+# freeze WORK MODE: one PyInstaller build under wine into WORK/dist, checked.
+freeze() {
+    local work="$1" mode="$2"
+    say "wine pyinstaller --mode $mode"
+    (cd "$work" && wine_run "$PYDIR/python.exe" -m PyInstaller --noconfirm --log-level WARN \
+        --distpath "$(winpath "$work/dist")" --workpath "$(winpath "$work/build")" \
+        "$(winpath "$SERFBRIDGE_ROOT/installers/serfbridge.spec")" -- --mode "$mode" \
+        --build-id "${SERFBRIDGE_BUILD_ID:-}" --commit "$(source_commit)") | grep -v 'api-ms-win-' >&2 || true
+    [ -e "$work/dist/serfbridge.exe" ] || [ -e "$work/dist/serfbridge/serfbridge.exe" ] \
+        || die "wine PyInstaller build ($mode) produced no serfbridge.exe"
+    # The ProcessPrng stand-in lives in the wine prefix for builds and tests; it must never
+    # ship (real Windows has its own bcryptprimitives.dll).
+    if [ -n "$(find "$work/dist" -iname bcryptprimitives.dll -print -quit)" ]; then
+        die "bcryptprimitives.dll ended up in the $mode build"
     fi
-    copy_build "$cached" "$OUT/$mode"
+}
+build_mode() {
+    cached_build "$BUILD_CACHE/win-$1-$SRC_KEY" "win-$1-*" "$OUT/$1" freeze "$1"
 }
 T0=$SECONDS; build_mode onedir; T_ONEDIR=$((SECONDS - T0))
 T0=$SECONDS; build_mode onefile; T_ONEFILE=$((SECONDS - T0))
