@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from .errors import RelayError, SerfbridgeError
+from .errors import EXIT_UNREACHABLE, RelayError, SerfbridgeError
 from .sources.local import MAX_LINE
 
 EXIT_REFUSED = RelayError.exit_code
@@ -27,7 +27,7 @@ DEFAULT_QUERY_WAIT = 60.0
 class LocalUnreachable(SerfbridgeError):
     """Nothing answers at the local source's path (no relay, or a different path)."""
 
-    exit_code = 6
+    exit_code = EXIT_UNREACHABLE
 
 
 def message(
