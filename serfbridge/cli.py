@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__, log
-from .errors import EXIT_INTERNAL, EXIT_USAGE, SerfbridgeError
+from serfbridge import log
+from serfbridge.errors import EXIT_INTERNAL, EXIT_USAGE, SerfbridgeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,34 +29,6 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
     if rest == ["handle"] or (not rest and "SERF_EVENT" in os.environ):
         return True, config
     return False, None
-
-
-def version_text() -> str:
-    """Version, how this copy was built and where it runs.
-
-    A frozen build carries ``serfbridge-build.json`` at its root, written by
-    installers/serfbridge.spec: build mode, build platform, Python, PyInstaller and commit.
-    """
-    import platform
-
-    py = ".".join(str(v) for v in sys.version_info[:3])
-    here = f"{sys.platform}-{platform.machine()}"
-    bundle = getattr(sys, "_MEIPASS", None)
-    if not getattr(sys, "frozen", False) or bundle is None:
-        return f"serfbridge {__version__} (source, python {py}, {here})"
-    import json
-
-    try:
-        with open(os.path.join(bundle, "serfbridge-build.json"), encoding="utf-8") as fh:
-            build = json.load(fh)
-    except (OSError, ValueError):
-        return f"serfbridge {__version__} (frozen, python {py}, {here}; no build record)"
-    extra = f", {build['build_id']}" if build.get("build_id") else ""
-    return (
-        f"serfbridge {__version__} (frozen {build['mode']}, python {py}, {here}; "
-        f"built on {build['platform']} from {build['commit']} "
-        f"with PyInstaller {build['pyinstaller']}{extra})"
-    )
 
 
 def _guarded(fn: Callable[[], int], quiet: bool) -> int:
@@ -87,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     fast, config = _fast_handler_args(args)
     if fast:
-        from . import handler
+        from serfbridge.capture import run as handler
 
         quiet = os.environ.get("SERF_EVENT") == "query"
         return _guarded(lambda: handler.run(config), quiet)
@@ -97,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "(serf agent -event-handler serfbridge), or see `serfbridge --help`\n"
         )
         return EXIT_USAGE
-    from .commands import run_command
+    from serfbridge.commands import run_command
 
     return _guarded(lambda: run_command(args), quiet=False)
 

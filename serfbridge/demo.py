@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Any
 
-from .errors import EXIT_OK, SerfbridgeError
+from serfbridge.errors import EXIT_OK, SerfbridgeError
 
 
 class DemoError(SerfbridgeError):

@@ -3,6 +3,7 @@
 ::
 
     SerfbridgeError                 exit 1
+    ├── UsageError                  exit 2  bad command-line arguments
     ├── ConfigError                 exit 3  invalid or unreadable configuration
     ├── InputError                  exit 4  bad event input (env or stdin); the raw input is kept
     │   └── InputTruncated          exit 5  stdin over max_input_bytes; the event is kept, cut
@@ -36,6 +37,10 @@ EXIT_RELAY = 9
 
 class SerfbridgeError(Exception):
     exit_code = EXIT_INTERNAL
+
+
+class UsageError(SerfbridgeError):
+    exit_code = EXIT_USAGE
 
 
 class ConfigError(SerfbridgeError):

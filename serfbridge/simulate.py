@@ -16,11 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import filters, parse, respond, when
-from .errors import InputError
+from serfbridge.capture import event as parse
+from serfbridge.capture import filters, respond, when
+from serfbridge.errors import InputError
 
 if TYPE_CHECKING:
-    from ._types import EventDoc
+    from serfbridge._types import EventDoc
 
 MEMBER_EVENTS = tuple(sorted(parse.MEMBER_EVENTS))
 
@@ -196,19 +197,19 @@ def load_recorded(text: str, source: str) -> list[dict[str, Any]]:
 
 def _action(sink: dict[str, Any], doc: dict[str, Any]) -> tuple[str, str | None]:
     """What the sink would do with ``doc`` (nothing is done), and a chat message if any."""
-    from . import render
+    from serfbridge.capture import render
 
     kind = sink["type"]
     message = None
     if kind == "file":
         action = f"append to {sink['path']}"
     elif kind == "webhook":
-        from .sinks.webhook import CHAT_FORMATS, origin
+        from serfbridge.sinks.webhook import CHAT_FORMATS, origin
 
         fmt = sink["format"]
         action = f"POST {origin(sink['url'])} ({fmt})"
         if fmt in CHAT_FORMATS:
-            from .sinks import chat
+            from serfbridge.sinks import chat
 
             message = chat.text_for(fmt, doc, sink.get("template"))
     elif kind == "mqtt":
@@ -262,7 +263,7 @@ def decide(cfg: dict[str, Any], doc: dict[str, Any]) -> RouteResult:
             index = cfg["responders"].index(found)
             answer = None
             if found["text"] is not None:
-                from . import jsonenc
+                from serfbridge.capture import jsonenc
 
                 raw_answer = respond.answer(
                     found,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .simulate import (
+from serfbridge.simulate import (
     ResponderDecision,
     RouteResult,
     SinkDecision,
@@ -38,7 +38,7 @@ from .simulate import (
 )
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from serfbridge.config.models import Settings
 
 __all__ = ["ResponderDecision", "RouteResult", "Simulation", "SinkDecision"]
 
@@ -47,7 +47,7 @@ class Simulation:
     """A validated configuration to route events through, on any imagined node."""
 
     def __init__(self, settings: Settings, source: str | None = None) -> None:
-        from .config import compile_settings
+        from serfbridge.config.models import compile_settings
 
         self.settings = settings
         self.config: dict[str, Any] = dict(compile_settings(settings, source))
@@ -56,7 +56,7 @@ class Simulation:
     def from_config(cls, path: str | Any) -> Simulation:
         """Load and validate a TOML file (plus ``SERFBRIDGE_*`` variables, as the handler
         would). Raises ``serfbridge.errors.ConfigError`` with the handler's message."""
-        from .config import load_settings
+        from serfbridge.config.models import load_settings
 
         return cls(load_settings(str(path)), str(path))
 
@@ -67,8 +67,8 @@ class Simulation:
 
         from pydantic import ValidationError
 
-        from .config import Settings, _format_errors
-        from .errors import ConfigError
+        from serfbridge.config.models import Settings, _format_errors
+        from serfbridge.errors import ConfigError
 
         try:
             data = tomllib.loads(text)

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import threading
 
-from . import log
-from .errors import SerfbridgeError
+from serfbridge import log
+from serfbridge.errors import SerfbridgeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

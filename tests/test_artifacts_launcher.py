@@ -25,8 +25,8 @@ from support.handler import run_handler
 from support.ports import wait_for
 from support.proc import clean_environ
 
+from serfbridge.capture.spool import deliverer_running
 from serfbridge.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_USAGE
-from serfbridge.spool import deliverer_running
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

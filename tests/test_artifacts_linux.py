@@ -90,8 +90,8 @@ def test_tarball_contents(linux_dist: Path) -> None:
         "serfbridge-relay.service",
         "README.md",
         "_internal",
-        "capture/serfbridge/handler.py",
-        "capture/serfbridge/runtime.py",
+        "capture/serfbridge/capture/run.py",
+        "capture/serfbridge/capture/runtime.py",
         "capture/serfbridge_launcher.py",
     ):
         assert f"{top}/{name}" in names

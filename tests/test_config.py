@@ -1,4 +1,4 @@
-"""Configuration: TOML + SERFBRIDGE_* environment via config.load_settings and compiled.load."""
+"""Configuration: TOML + SERFBRIDGE_* environment via config.load_settings and cache.load."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from serfbridge import compiled
-from serfbridge.config import load_settings
+from serfbridge.capture import cache
+from serfbridge.config.models import load_settings
 from serfbridge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Prints whether pydantic was imported to load the config, and a value from the result.
 PROBE = (
-    "import sys; from serfbridge import compiled; c = compiled.load(sys.argv[1]); "
+    "import sys; from serfbridge.capture import cache; c = cache.load(sys.argv[1]); "
     "print('pydantic' in sys.modules, c['log_level'], c['state_dir'])"
 )
 
@@ -109,7 +109,7 @@ def test_unknown_key_names_key_and_file(
 ) -> None:
     """An unknown key is a ConfigError naming the key and the file."""
     path = str(write(body))
-    load = compiled.load if loader == "compiled" else load_settings
+    load = cache.load if loader == "compiled" else load_settings
     with pytest.raises(ConfigError) as info:
         load(path)
     message = str(info.value)
@@ -160,7 +160,7 @@ def test_invalid_toml_names_file_and_line(write: Callable[..., Path]) -> None:
     """Invalid TOML is a ConfigError naming the file and the line."""
     path = write("log_level = 'info'\nmax_input_bytes = = 3\n")
     with pytest.raises(ConfigError) as info:
-        compiled.load(str(path))
+        cache.load(str(path))
     assert str(path) in str(info.value)
     assert "line 3" in str(info.value)
 
@@ -208,7 +208,7 @@ def test_explicit_missing_config(tmp_path: Path, cache_dir: Path) -> None:
     """A config path named with --config that does not exist is a ConfigError."""
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=f"config file {missing} does not exist"):
-        compiled.load(str(missing))
+        cache.load(str(missing))
 
 
 def test_env_named_missing_config(
@@ -218,7 +218,7 @@ def test_env_named_missing_config(
     missing = tmp_path / "nope.toml"
     monkeypatch.setenv("SERFBRIDGE_CONFIG", str(missing))
     with pytest.raises(ConfigError, match="does not exist"):
-        compiled.load()
+        cache.load()
 
 
 def test_load_settings_missing_file(tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_env_beats_file(
     assert settings.serf.rpc_addr == "127.0.0.1:7374"
     assert settings.serf.rpc_timeout == 2.0  # the rest of [serf] still comes from the file
 
-    cfg = compiled.load(str(path))
+    cfg = cache.load(str(path))
     assert cfg["state_dir"] == str(env_state)
     assert cfg["serf"]["rpc_addr"] == "127.0.0.1:7374"
     assert cfg["sinks"][0]["path"] == str(env_state / "events.jsonl")
@@ -253,7 +253,7 @@ def test_env_beats_file(
 
 def test_no_sinks_key_gives_default_file_sink(write: Callable[..., Path], state_dir: Path) -> None:
     """Without a sinks key every event goes to <state_dir>/events.jsonl."""
-    cfg = compiled.load(str(write("log_level = 'info'\n")))
+    cfg = cache.load(str(write("log_level = 'info'\n")))
     assert cfg["sinks"] == [
         {
             "type": "file",
@@ -272,12 +272,12 @@ def test_no_sinks_key_gives_default_file_sink(write: Callable[..., Path], state_
 
 def test_empty_sinks_means_none(write: Callable[..., Path]) -> None:
     """sinks = [] switches the default sink off."""
-    assert compiled.load(str(write("sinks = []\n")))["sinks"] == []
+    assert cache.load(str(write("sinks = []\n")))["sinks"] == []
 
 
 def test_sink_filter_is_compiled(write: Callable[..., Path]) -> None:
     """A sink's events filter is stored parsed, ready for filters.matches."""
-    cfg = compiled.load(
+    cfg = cache.load(
         str(write("[[sinks]]\ntype = 'file'\nname = 'd'\npath = 'd'\nevents = 'user:deploy'\n"))
     )
     assert cfg["sinks"][0]["filter"] == [("user", "deploy")]
@@ -296,9 +296,9 @@ def test_second_load_skips_pydantic(write: Callable[..., Path], state_dir: Path)
 def test_content_change_invalidates_cache(write: Callable[..., Path]) -> None:
     """Editing the file (even to the same size) recompiles on the next load."""
     path = write("log_level = 'debug'\n")
-    assert compiled.load(str(path))["log_level"] == "debug"
+    assert cache.load(str(path))["log_level"] == "debug"
     path.write_text(path.read_text().replace("debug", "error"))
-    assert compiled.load(str(path))["log_level"] == "error"
+    assert cache.load(str(path))["log_level"] == "error"
 
 
 def test_content_change_invalidates_cache_across_processes(write: Callable[..., Path]) -> None:
@@ -320,22 +320,22 @@ def test_env_change_invalidates_cache(
     assert _probe(path)[:2] == (False, "info")
     monkeypatch.setenv("SERFBRIDGE_LOG_LEVEL", "debug")
     assert _probe(path)[:2] == (True, "debug")
-    assert compiled.load(str(path))["log_level"] == "debug"
+    assert cache.load(str(path))["log_level"] == "debug"
     monkeypatch.setenv("SERFBRIDGE_STATE_DIR", str(tmp_path / "other"))
     assert _probe(path) == (True, "debug", str(tmp_path / "other"))
-    assert compiled.load(str(path))["state_dir"] == str(tmp_path / "other")
+    assert cache.load(str(path))["state_dir"] == str(tmp_path / "other")
 
 
 def test_cache_file_mode(write: Callable[..., Path], cache_dir: Path) -> None:
     """Cache entries hold secrets: files are 0600 in a 0700 directory."""
     path = write("[serf]\nrpc_addr = '127.0.0.1:7373'\nrpc_auth = 'secret'\n")
-    compiled.load(str(path))
+    cache.load(str(path))
     entries = list(cache_dir.iterdir())
     assert [e.suffix for e in entries] == [".marshal"]
     assert stat.S_IMODE(entries[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
     # The cached value is the usable secret (the handler needs it in clear).
-    assert compiled.load(str(path))["serf"]["rpc_auth"] == "secret"
+    assert cache.load(str(path))["serf"]["rpc_auth"] == "secret"
 
 
 def test_cached_result_equals_fresh_compile(write: Callable[..., Path]) -> None:
@@ -344,9 +344,9 @@ def test_cached_result_equals_fresh_compile(write: Callable[..., Path]) -> None:
         "[[sinks]]\ntype = 'file'\nname = 'all'\npath = 'all.jsonl'\n"
         "[[responders]]\nquery = 'load'\ntext = '{node}'\n"
     )
-    first = compiled.load(str(path))
-    second = compiled.load(str(path))
-    assert first == second == compiled.compile_now(str(path))
+    first = cache.load(str(path))
+    second = cache.load(str(path))
+    assert first == second == cache.compile_now(str(path))
 
 
 def test_unwritable_cache_still_loads(
@@ -356,5 +356,5 @@ def test_unwritable_cache_still_loads(
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a directory")
     monkeypatch.setenv("SERFBRIDGE_CACHE_DIR", str(blocker / "cache"))
-    assert compiled.load(str(write("log_level = 'error'\n")))["log_level"] == "error"
+    assert cache.load(str(write("log_level = 'error'\n")))["log_level"] == "error"
     assert not os.path.exists(blocker / "cache")

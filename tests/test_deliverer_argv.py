@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from serfbridge import runtime
-from serfbridge.commands import build_parser
-from serfbridge.spool import deliverer_argv
+from serfbridge.arguments import build_parser
+from serfbridge.capture import runtime
+from serfbridge.capture.spool import deliverer_argv
 
 
 def test_deliverer_argv_parses_with_a_config() -> None:

@@ -9,7 +9,7 @@ import pytest
 from support.bridge import BridgeNode, bridge_nodes
 from support.ports import wait_for
 
-from serfbridge.rpc import SerfRPC
+from serfbridge.serf.rpc import SerfRPC
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from serfbridge import eventid, parse, seen
-from serfbridge.relay_stream import event_doc
+from serfbridge.capture import event as parse
+from serfbridge.capture import relay_ids, seen
+from serfbridge.relay.stream import event_doc
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,19 +28,19 @@ def serf_stdin(payload: bytes) -> bytes:
 
 
 def test_make_is_deterministic_and_hex() -> None:
-    a = eventid.make("redis\0run\0s\0g\x001-0")
-    assert a == eventid.make("redis\0run\0s\0g\x001-0")
-    assert a != eventid.make("redis\0run\0s\0g\x001-1")
-    assert len(a) == eventid.DIGITS
+    a = relay_ids.make("redis\0run\0s\0g\x001-0")
+    assert a == relay_ids.make("redis\0run\0s\0g\x001-0")
+    assert a != relay_ids.make("redis\0run\0s\0g\x001-1")
+    assert len(a) == relay_ids.DIGITS
     assert set(a) <= set("0123456789abcdef")
-    assert len(eventid.attach(b"", a)) == eventid.SIZE == 22
+    assert len(relay_ids.attach(b"", a)) == relay_ids.SIZE == 22
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_split_gives_back_what_was_attached(payload: bytes) -> None:
-    tagged = eventid.attach(payload, eventid.make("k"))
-    assert eventid.split(tagged) == (payload, eventid.make("k"))
-    assert eventid.split(payload) == (payload, None)
+    tagged = relay_ids.attach(payload, relay_ids.make("k"))
+    assert relay_ids.split(tagged) == (payload, relay_ids.make("k"))
+    assert relay_ids.split(payload) == (payload, None)
 
 
 @pytest.mark.parametrize(
@@ -53,18 +54,18 @@ def test_split_gives_back_what_was_attached(payload: bytes) -> None:
     ],
 )
 def test_split_leaves_near_misses_alone(payload: bytes) -> None:
-    assert eventid.split(payload) == (payload, None)
+    assert relay_ids.split(payload) == (payload, None)
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_tagged_event_reads_like_the_untagged_one(payload: bytes) -> None:
     """The handler's document of a tagged event has the payload as sent; its id ignores the
     Lamport time (a resend gets a new one) and differs from the untagged event's."""
-    rid = eventid.make("m1")
+    rid = relay_ids.make("m1")
     plain = parse.parse_event({**ENV, "SERF_USER_LTIME": "7"}, serf_stdin(payload), 0.0)
     docs = []
     for ltime in ("7", "9"):
-        data, found = eventid.split_stdin(serf_stdin(eventid.attach(payload, rid)))
+        data, found = relay_ids.split_stdin(serf_stdin(relay_ids.attach(payload, rid)))
         assert found == rid
         env = {**ENV, "SERF_USER_LTIME": ltime}
         docs.append(parse.parse_event(env, data, 0.0, relay_id=found))
@@ -77,24 +78,24 @@ def test_tagged_event_reads_like_the_untagged_one(payload: bytes) -> None:
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_stream_path_gives_the_handler_document(payload: bytes) -> None:
     """``stream = true`` gets the exact payload from the RPC stream; same document, same id."""
-    rid = eventid.make("m1")
+    rid = relay_ids.make("m1")
     record = {
         "Event": "user",
         "Name": "deploy",
         "LTime": 7,
-        "Payload": eventid.attach(payload, rid),
+        "Payload": relay_ids.attach(payload, rid),
     }
     found = event_doc(record, NODE, 0.0)
     assert found is not None
     doc, relay_id = found
-    data, _ = eventid.split_stdin(serf_stdin(eventid.attach(payload, rid)))
+    data, _ = relay_ids.split_stdin(serf_stdin(relay_ids.attach(payload, rid)))
     env = {**ENV, "SERF_USER_LTIME": "7"}
     assert relay_id == rid
     assert doc == parse.parse_event(env, data, 0.0, relay_id=rid)
 
 
 def test_queries_are_never_split() -> None:
-    tagged = eventid.attach(b"q", eventid.make("k"))
+    tagged = relay_ids.attach(b"q", relay_ids.make("k"))
     found = event_doc({"Event": "query", "Name": "q", "LTime": 1, "Payload": tagged}, NODE, 0.0)
     assert found is not None
     assert found[1] is None
@@ -106,7 +107,7 @@ def test_queries_are_never_split() -> None:
 
 def test_first_time_then_repeat_then_forget(tmp_path: Path) -> None:
     state = str(tmp_path / "new-state")  # created on first use
-    rid = eventid.make("a")
+    rid = relay_ids.make("a")
     assert seen.first_time(state, rid, 100.0)
     assert not seen.first_time(state, rid, 101.0)
     seen.forget(state, rid)
@@ -115,7 +116,7 @@ def test_first_time_then_repeat_then_forget(tmp_path: Path) -> None:
 
 
 def test_thousands_of_ids_are_all_remembered(tmp_path: Path) -> None:
-    ids = [eventid.make(f"entry-{i}") for i in range(5000)]
+    ids = [relay_ids.make(f"entry-{i}") for i in range(5000)]
     assert all(seen.first_time(str(tmp_path), i, 1.0 + n) for n, i in enumerate(ids))
     assert not any(seen.first_time(str(tmp_path), i, 9999.0) for i in ids)
     assert (tmp_path / seen.FILE).stat().st_size <= seen.HEADER + seen.BUCKETS * seen.WAYS * 16
@@ -126,7 +127,7 @@ def _same_bucket(count: int) -> list[str]:
     out: list[str] = []
     n = 0
     while len(out) < count:
-        rid = eventid.make(f"b{n}")
+        rid = relay_ids.make(f"b{n}")
         n += 1
         if int(rid, 16) % seen.BUCKETS == 0:
             out.append(rid)
@@ -147,14 +148,14 @@ def test_a_full_bucket_forgets_its_oldest_id(tmp_path: Path) -> None:
 def test_unusable_table_lets_every_event_through(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    rid = eventid.make("x")
+    rid = relay_ids.make("x")
     assert seen.first_time(str(blocker), rid, 1.0)
     assert seen.first_time(str(blocker), rid, 2.0)
 
 
 def test_concurrent_recorders_agree_on_one_first(tmp_path: Path) -> None:
     """Handlers and a stream relay share a state dir: each id is 'first' exactly once."""
-    ids = [eventid.make(f"c{i}") for i in range(300)]
+    ids = [relay_ids.make(f"c{i}") for i in range(300)]
     firsts: Counter[str] = Counter()
     lock = threading.Lock()
 

@@ -1,10 +1,10 @@
-"""serfbridge.filters against Serf's own -event-handler filter semantics (event_handler.go)."""
+"""capture.filters against Serf's own -event-handler filter semantics (event_handler.go)."""
 
 from __future__ import annotations
 
 import pytest
 
-from serfbridge import filters
+from serfbridge.capture import filters
 
 MEMBER_TYPES = ["member-join", "member-leave", "member-failed", "member-update", "member-reap"]
 # (event type, name) pairs: every member type, plus user events and queries with names.

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from jsonschema.validators import validator_for
 
-from serfbridge import __version__, eventid, paths, respond
+from serfbridge import __version__
+from serfbridge.capture import paths, relay_ids, respond
 from serfbridge.schema import EVENT_SCHEMA
 
 if TYPE_CHECKING:
@@ -196,8 +197,8 @@ def test_every_event_type_gives_one_line(
 def test_relayed_repeat_is_recorded_once(bridge: Bridge) -> None:
     """A relay's resend (same id trailer, new Lamport time) is dropped; the event is recorded
     once, with the payload as sent. Another id is another event."""
-    first = eventid.attach(b"v2", eventid.make("entry-1"))
-    other = eventid.attach(b"v2", eventid.make("entry-2"))
+    first = relay_ids.attach(b"v2", relay_ids.make("entry-1"))
+    other = relay_ids.attach(b"v2", relay_ids.make("entry-2"))
     for ltime, stdin in ((5, first), (8, first), (9, other)):
         proc = bridge.run(user_env(ltime=ltime), stdin + b"\n")
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")

@@ -1,4 +1,4 @@
-"""serfbridge.parse against the exact handler inputs measured on real Serf (SERF.md section 1)."""
+"""capture.event against the exact handler inputs measured on real Serf (docs/serf.md)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from jsonschema import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-from serfbridge import jsonenc
+from serfbridge.capture import jsonenc
+from serfbridge.capture.event import parse_event, parse_tags, rfc3339
 from serfbridge.errors import InputError
-from serfbridge.parse import parse_event, parse_tags, rfc3339
 from serfbridge.schema import EVENT_SCHEMA
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from support.bridge import BridgeNode, bridge_nodes
 from support.ports import LOOPBACK, free_port, wait_for
 from support.relay import RelayProcess, Watcher, http_source, post
 
-from serfbridge import eventid, messages
+from serfbridge.capture import relay_ids
+from serfbridge.relay import messages
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,7 +38,7 @@ class Cluster:
 
     def on_serf(self, payload: bytes) -> int:
         """Copies of the event Serf carried (the trailer still on)."""
-        return sum(eventid.split(p)[0] == payload for p in self.watcher.payloads())
+        return sum(relay_ids.split(p)[0] == payload for p in self.watcher.payloads())
 
     def recorded(self, payload: str) -> dict[str, int]:
         return {
@@ -175,7 +176,7 @@ def test_trailer_counts_against_serf_size_limit(
                              token=TOKEN)  # fmt: skip
         assert status == 413
         assert "22-byte event id trailer" in json.dumps(reply)
-        fits = largest[: -eventid.SIZE]
+        fits = largest[: -relay_ids.SIZE]
         status, _ = post(port, "/v1/event", {"name": "deploy", "payload": fits}, token=TOKEN)
         assert status == 202
         assert _settle(cluster, fits) == dict.fromkeys(NAMES, 1)

@@ -20,9 +20,9 @@ import pytest
 from support.ports import wait_for
 from support.relay import RelayProcess, Watcher
 
-from serfbridge.config import load_settings
-from serfbridge.relay import Relay
-from serfbridge.sources.local import LocalSource
+from serfbridge.config.models import load_settings
+from serfbridge.relay.app import Relay
+from serfbridge.relay.sources.local import LocalSource
 
 if TYPE_CHECKING:
     from support.serf import SerfClusterFactory

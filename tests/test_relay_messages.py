@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from support.inbound import signature
 
-from serfbridge.config import load_settings
+from serfbridge.config.models import load_settings
 from serfbridge.errors import ConfigError, Rejected
-from serfbridge.inbound_auth import Authenticator, Credentials
-from serfbridge.messages import allowed, event_size, parse
+from serfbridge.relay.auth import Authenticator, Credentials
+from serfbridge.relay.messages import allowed, event_size, parse
 
 
 def _reason(body: bytes | Mapping[str, object], **kw: object) -> str:

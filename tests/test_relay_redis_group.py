@@ -13,7 +13,7 @@ import redis
 from support.ports import free_port, wait_for
 from support.relay import RelayProcess, Watcher, get_text, metric
 
-from serfbridge import eventid
+from serfbridge.capture import relay_ids
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -143,7 +143,7 @@ def test_kill_9_halfway_loses_nothing_and_records_nothing_twice(
         wait_for(lambda: len(set(_recorded(rx))) >= len(sent), 60, what="every event recorded",
                  detail=b.log_tail)  # fmt: skip
         time.sleep(1.5)  # anything relayed twice would show up by now
-        on_serf = Counter(p[: -eventid.SIZE] for p in watcher.payloads())
+        on_serf = Counter(p[: -relay_ids.SIZE] for p in watcher.payloads())
         recorded = Counter(_recorded(rx))
         repeats = metric(get_text(rx_metrics, "/metrics")[1],
                          "serfbridge_relay_stream_repeats_total")  # fmt: skip

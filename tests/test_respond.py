@@ -1,4 +1,4 @@
-"""serfbridge.respond: Serf's query response size limit, cutting answers, picking responders."""
+"""capture.respond: Serf's query response size limit, cutting answers, picking responders."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from serfbridge import respond
-from serfbridge.parse import parse_event
+from serfbridge.capture import respond
+from serfbridge.capture.event import parse_event
 
 if TYPE_CHECKING:
     from serfbridge._types import EventDoc, ResponderSpec

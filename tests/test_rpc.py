@@ -1,4 +1,4 @@
-"""serfbridge.rpc against real `serf agent` processes on free loopback ports (no mocks)."""
+"""serfbridge.serf.rpc against real `serf agent` processes on free loopback ports (no mocks)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from support.proc import wait_stopped
 
-from serfbridge.rpc import (
+from serfbridge.serf.rpc import (
     QueryRecord,
     SerfCommandError,
     SerfRPC,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from pathlib import Path
 
-    from serfbridge.rpc import StreamRecord
+    from serfbridge.serf.wire import StreamRecord
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from support.bridge import BridgeNode
 from support.handler import fire_user, run_handler, serfbridge, spool_files
 from support.ports import wait_for
 
-from serfbridge.config import load_settings
+from serfbridge.config.models import load_settings
 from serfbridge.errors import ConfigError, SinkRejected, SinkUnavailable
 from serfbridge.sinks.command import ENVIRONMENT, CommandSink, CommandSinkConfig
 

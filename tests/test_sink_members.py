@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from redis import Redis
 from support.ports import LOOPBACK, wait_for
 
-from serfbridge.config import load_settings
+from serfbridge.config.models import load_settings
 from serfbridge.errors import ConfigError
 from serfbridge.sinks.members import MembersSink, MembersSinkConfig, build_view, from_event
 

@@ -20,8 +20,8 @@ from support.ports import LOOPBACK, free_port
 from support.proc import require_binary
 from support.servers import Mosquitto
 
+from serfbridge.capture.event import parse_event
 from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.parse import parse_event
 from serfbridge.sinks.mqtt import MqttSink, MqttSinkConfig
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from redis.exceptions import ResponseError
 from support.ports import LOOPBACK, free_port, wait_for
 from support.proc import clean_environ, run_cli
 
+from serfbridge.capture.event import parse_event
 from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.parse import parse_event
 from serfbridge.sinks.redis import RedisSink, RedisSinkConfig
 
 if TYPE_CHECKING:

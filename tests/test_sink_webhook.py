@@ -17,9 +17,10 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from pydantic import ValidationError
 from support.ports import free_port
 
-from serfbridge import __version__, jsonenc
+from serfbridge import __version__
+from serfbridge.capture import jsonenc
+from serfbridge.capture.event import parse_event
 from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.parse import parse_event
 from serfbridge.sinks import chat
 from serfbridge.sinks.webhook import WebhookSink, WebhookSinkConfig, retry_after
 

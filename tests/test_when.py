@@ -11,8 +11,8 @@ import pytest
 from support.bridge import BridgeNode
 from support.handler import run_handler
 
-from serfbridge import compiled, when
-from serfbridge.config import load_settings
+from serfbridge.capture import cache, when
+from serfbridge.config.models import load_settings
 from serfbridge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def test_when_is_compiled_into_the_cache(tmp_path: Path, monkeypatch: pytest.Mon
         "[[responders]]\nquery = 'q'\ntext = 'x'\nwhen = { dc = 'east' }\n",
         encoding="utf-8",
     )
-    cfg = compiled.load(str(path))
+    cfg = cache.load(str(path))
     assert cfg["sinks"][0].get("when") == [("role", ["web"], [["a", ""]]), ("my_tag", ["x"], [])]
     assert cfg["responders"][0].get("when") == [("dc", ["east"], [])]
 

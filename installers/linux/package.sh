@@ -16,29 +16,31 @@ trap 'rm -rf "$STAGE"' EXIT
 #   serfbridge-frozen     the one-folder build's executable, renamed; _internal/ beside it
 #   capture/serfbridge/   the capture path's modules as .py, standard library only
 # The bootloader finds _internal/ next to its own executable, whatever that is called.
-# CAPTURE_MODULES: the spec's CAPTURE list (minus __main__ and the typing-only _types), read
-# from the spec so the two never drift apart, plus what the capture path imports lazily
-# (respond, render, procrun for queries; `when`). The import check below imports every one.
-mapfile -t CAPTURE_MODULES < <(python3 - "$SERFBRIDGE_ROOT/installers/serfbridge.spec" <<'PY'
-import ast, sys
-tree = ast.parse(open(sys.argv[1], encoding="utf-8").read())
-listed = next(
+# CAPTURE_MODULES: every module of serfbridge/capture/ plus the top-level ones it uses
+# (capture/__init__.py's OUTSIDE), so a new capture module needs no edit here. The import
+# check below imports every one.
+mapfile -t CAPTURE_MODULES < <(python3 - "$SERFBRIDGE_ROOT/serfbridge" <<'PY'
+import ast, os, sys
+pkg = sys.argv[1]
+tree = ast.parse(open(os.path.join(pkg, "capture", "__init__.py"), encoding="utf-8").read())
+outside = next(
     ast.literal_eval(node.value) for node in tree.body
-    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CAPTURE"
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "OUTSIDE"
 )
-mods = {m.removeprefix("serfbridge.") for m in listed} - {"__main__", "_types"}
-print("\n".join(sorted(mods | {"__init__", "procrun", "render", "respond", "when"})))
+mods = [m for m in outside if m != "_types"]
+mods += [f"capture/{n[:-3]}" for n in sorted(os.listdir(os.path.join(pkg, "capture"))) if n.endswith(".py")]
+print("\n".join(mods))
 PY
 )
-[ "${#CAPTURE_MODULES[@]}" -gt 10 ] || die "could not read the CAPTURE list from serfbridge.spec"
+[ "${#CAPTURE_MODULES[@]}" -gt 10 ] || die "could not list serfbridge/capture/"
 LIB="$STAGE/lib"
-mkdir -p "$LIB/capture/serfbridge"
+mkdir -p "$LIB/capture/serfbridge/capture"
 cp -a "$OUT/serfbridge/." "$LIB/"
 mv "$LIB/serfbridge" "$LIB/serfbridge-frozen"
 install -m 0755 "$HERE/launcher_stub.py" "$LIB/serfbridge"
 install -m 0644 "$HERE/serfbridge_launcher.py" "$LIB/capture/"
 for mod in "${CAPTURE_MODULES[@]}"; do
-    install -m 0644 "$SERFBRIDGE_ROOT/serfbridge/$mod.py" "$LIB/capture/serfbridge/"
+    install -m 0644 "$SERFBRIDGE_ROOT/serfbridge/$mod.py" "$LIB/capture/serfbridge/$mod.py"
 done
 # The copy must stand alone on a bare interpreter: import it the way the launcher does (no
 # site-packages, nothing else on sys.path) and fail the build if a module is missing or
@@ -49,6 +51,7 @@ import importlib, sys
 sys.path.insert(0, sys.argv[1])
 import serfbridge_launcher  # noqa
 for mod in sys.argv[2:]:
+    mod = mod.replace("/", ".").removesuffix(".__init__")
     importlib.import_module("serfbridge" if mod == "__init__" else f"serfbridge.{mod}")
 outside = sorted(
     name for name, mod in sys.modules.items()

@@ -62,7 +62,8 @@ def _cannot_run_frozen(problem: str) -> NoReturn:
         sys.stderr.write(f"serfbridge: {problem}; reinstall serfbridge\n")
     if _handler_config:
         try:
-            from serfbridge import handler, paths, spool
+            from serfbridge.capture import paths, spool
+            from serfbridge.capture import run as handler
 
             data, _ = handler.read_stdin(handler.DEFAULT_MAX_INPUT)
             state_dir = paths.fallback_state_dir(_handler_config[0])
@@ -78,7 +79,8 @@ def main() -> int:
     if sys.version_info < MIN_PYTHON:
         run_frozen(f"python {sys.version_info[0]}.{sys.version_info[1]} is older than 3.11")
     try:
-        from serfbridge import cli, runtime
+        from serfbridge import cli
+        from serfbridge.capture import runtime
 
         # cli.main's own test, so both programs agree on what a handler run is.
         handler_run, config = cli._fast_handler_args(sys.argv[1:])
@@ -86,10 +88,10 @@ def main() -> int:
             run_frozen("not a handler run")
         # Imported now so that a module the copy lacks hands over here: cli.main imports
         # handler lazily, and a query's responder modules come only after stdin is read.
-        from serfbridge import handler  # noqa: F401
+        from serfbridge.capture import run as handler  # noqa: F401
 
         if os.environ.get("SERF_EVENT") == "query":
-            from serfbridge import procrun, respond  # noqa: F401
+            from serfbridge.capture import procrun, respond  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - whatever the copy lacks, the frozen build has
         run_frozen(f"capture modules unusable: {type(exc).__name__}: {exc}")
     _handler_config.append(config)

@@ -64,7 +64,7 @@ Section "serfbridge"
   File "/oname=serfbridge.example.toml" "${CONFIG}"
   WriteUninstaller "$INSTDIR\uninstall.exe"
 
-  ; %ProgramData%\serfbridge: the default config location (serfbridge/paths.py).
+  ; %ProgramData%\serfbridge: the default config location (serfbridge/capture/paths.py).
   CreateDirectory "$APPDATA\serfbridge"
   ${IfNot} ${FileExists} "$APPDATA\serfbridge\serfbridge.toml"
     CopyFiles /SILENT "$INSTDIR\serfbridge.example.toml" "$APPDATA\serfbridge\serfbridge.toml"

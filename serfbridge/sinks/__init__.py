@@ -8,34 +8,34 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .base import Sink
+    from serfbridge.sinks.base import Sink
 
 SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members")
 
 
 def sink_class(sink_type: str) -> type[Sink]:
     if sink_type == "file":
-        from .file import FileSink
+        from serfbridge.sinks.file import FileSink
 
         return FileSink
     if sink_type == "webhook":
-        from .webhook import WebhookSink
+        from serfbridge.sinks.webhook import WebhookSink
 
         return WebhookSink
     if sink_type == "mqtt":
-        from .mqtt import MqttSink
+        from serfbridge.sinks.mqtt import MqttSink
 
         return MqttSink
     if sink_type == "redis":
-        from .redis import RedisSink
+        from serfbridge.sinks.redis import RedisSink
 
         return RedisSink
     if sink_type == "command":
-        from .command import CommandSink
+        from serfbridge.sinks.command import CommandSink
 
         return CommandSink
     if sink_type == "members":
-        from .members import MembersSink
+        from serfbridge.sinks.members import MembersSink
 
         return MembersSink
     raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from .. import filters, when
+from serfbridge.capture import filters, when
 
 WhenSpec = dict[str, str | list[str]]
 

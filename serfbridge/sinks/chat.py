@@ -6,7 +6,7 @@ The default text is a one-line summary of the event (``summary``)::
     [serf] n1: query load: 15m
     [serf] n1: member-join n2 (10.0.0.2, role web), n3 (10.0.0.3)
 
-A ``template`` replaces it (``serfbridge.render``). Each service's length limit is enforced
+A ``template`` replaces it (``serfbridge.capture.render``). Each service's length limit is enforced
 with a visible ``… [truncated, N chars]`` marker rather than a rejected request.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import binascii
 import json
 
-from .. import render
+from serfbridge.capture import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

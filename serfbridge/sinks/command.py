@@ -8,7 +8,7 @@ same spool, ordering, retry, backoff and dead-letter rules as every other sink::
     any other exit status, killed by a
     signal, timeout, cannot start            SinkUnavailable: retried with backoff
 
-On timeout the program and every process it started are killed (``serfbridge.procrun``).
+On timeout the program and every process it started are killed (``serfbridge.capture.procrun``).
 The argv list is run without a shell; event data never goes into argv, only on stdin (the
 canonical event JSON, the same bytes as a file sink line without the newline) and in
 ``SERFBRIDGE_EVENT_*`` variables (``ENVIRONMENT``). The environment is the deliverer's, without
@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..errors import SinkRejected, SinkUnavailable
-from .base import Sink, SinkConfigBase
+from serfbridge.errors import SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
 
 EXIT_REJECT = 65  # EX_DATAERR: "the input data was incorrect in some way"
 OUTPUT_EXCERPT = 500  # characters of stderr/stdout quoted in errors and logs
@@ -115,7 +115,8 @@ class CommandSink(Sink):
         return env
 
     def send(self, event: dict[str, Any], body: bytes) -> None:
-        from .. import log, procrun
+        from serfbridge import log
+        from serfbridge.capture import procrun
 
         argv, timeout = self.config.command, self.config.timeout
         where = f"command {argv[0]}"

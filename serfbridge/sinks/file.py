@@ -1,6 +1,6 @@
 """``type = "file"``: one JSON line per event appended to a local file.
 
-The handler appends inline (``serfbridge.appendfile``, no heavy imports); the deliverer uses
+The handler appends inline (``serfbridge.capture.files``, no heavy imports); the deliverer uses
 this class only for events whose inline append failed (disk full, permissions) and were
 spooled.
 """
@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..appendfile import append_record
-from ..errors import SinkUnavailable
-from .base import Sink, SinkConfigBase
+from serfbridge.capture.files import append_record
+from serfbridge.errors import SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
 
 
 class FileSinkConfig(SinkConfigBase):

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from ..errors import SinkError, SinkRejected, SinkUnavailable
-from ..memberview import build_view, entry, from_event, read_view, write_view
-from .base import Sink, SinkConfigBase
+from serfbridge.errors import SinkError, SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
+from serfbridge.sinks.memberview import build_view, entry, from_event, read_view, write_view
 
 MEMBER_EVENTS = "member-join,member-leave,member-failed,member-update,member-reap"
 
@@ -60,7 +60,7 @@ class MembersSinkConfig(SinkConfigBase):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        from .redis import RedisSinkConfig
+        from serfbridge.sinks.redis import RedisSinkConfig
 
         if value is not None:
             RedisSinkConfig._redis_url(value)
@@ -69,7 +69,7 @@ class MembersSinkConfig(SinkConfigBase):
     @field_validator("mqtt_url")
     @classmethod
     def _mqtt_url(cls, value: str | None) -> str | None:
-        from .mqtt import MqttSinkConfig
+        from serfbridge.sinks.mqtt import MqttSinkConfig
 
         if value is not None:
             MqttSinkConfig._mqtt_url(value)
@@ -78,7 +78,7 @@ class MembersSinkConfig(SinkConfigBase):
     @field_validator("mqtt_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        from .mqtt import topic_problem
+        from serfbridge.sinks.mqtt import topic_problem
 
         problem = topic_problem(value + "/x")
         if problem or value.startswith("/") or value.endswith("/"):
@@ -110,7 +110,7 @@ class MembersSink(Sink):
     def open(self) -> None:
         cfg = self.config
         if cfg.redis_url and self._redis is None:
-            from .redis import RedisSink, RedisSinkConfig
+            from serfbridge.sinks.redis import RedisSink, RedisSinkConfig
 
             self._redis = RedisSink(
                 RedisSinkConfig(
@@ -123,7 +123,7 @@ class MembersSink(Sink):
             )
             self._redis.open()
         if cfg.mqtt_url and self._mqtt is None:
-            from .mqtt import MqttSink, MqttSinkConfig
+            from serfbridge.sinks.mqtt import MqttSink, MqttSinkConfig
 
             self._mqtt = MqttSink(
                 MqttSinkConfig(
@@ -148,9 +148,9 @@ class MembersSink(Sink):
         cfg = self.config
         if not cfg.rpc_addr:
             return None
-        from .. import log
-        from ..errors import SerfError
-        from ..rpc import SerfRPC
+        from serfbridge import log
+        from serfbridge.errors import SerfError
+        from serfbridge.serf.rpc import SerfRPC
 
         try:
             with SerfRPC(cfg.rpc_addr, cfg._rpc_auth, timeout=cfg._rpc_timeout) as rpc:

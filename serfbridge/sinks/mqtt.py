@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from .. import render
-from ..errors import SinkRejected, SinkUnavailable
-from .base import Sink, SinkConfigBase
+from serfbridge.capture import render
+from serfbridge.errors import SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from .. import render
-from ..errors import SinkError, SinkRejected, SinkUnavailable
-from .base import Sink, SinkConfigBase
+from serfbridge.capture import render
+from serfbridge.errors import SinkError, SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

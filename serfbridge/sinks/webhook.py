@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..errors import SinkRejected, SinkUnavailable
-from .base import Sink, SinkConfigBase
+from serfbridge.errors import SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Sink, SinkConfigBase
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -76,7 +76,7 @@ class WebhookSinkConfig(SinkConfigBase):
     @field_validator("template")
     @classmethod
     def _known_fields(cls, value: str | None) -> str | None:
-        from .. import render
+        from serfbridge.capture import render
 
         return None if value is None else render.validate(value)
 
@@ -210,7 +210,7 @@ class WebhookSink(Sink):
         if self._client is None:
             import httpx
 
-            from .. import __version__
+            from serfbridge import __version__
 
             self._client = httpx.Client(
                 timeout=self.config.timeout,
@@ -258,17 +258,17 @@ class WebhookSink(Sink):
         fmt = self.config.format
         headers: dict[str, str] = {}
         if fmt == "cloudevents":
-            from . import cloudevents
+            from serfbridge.sinks import cloudevents
 
             content = cloudevents.structured(event, body, self.config.source)
             headers["Content-Type"] = cloudevents.STRUCTURED_CONTENT_TYPE
         elif fmt == "cloudevents-binary":
-            from . import cloudevents
+            from serfbridge.sinks import cloudevents
 
             content = body
             headers.update(cloudevents.binary_headers(event, self.config.source))
         elif fmt in CHAT_FORMATS:
-            from . import chat
+            from serfbridge.sinks import chat
 
             content = chat.message(fmt, event, self.config.template)
             headers["Content-Type"] = "application/json; charset=utf-8"

@@ -46,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from serfbridge.rpc import SerfRPC
+from serfbridge.serf.rpc import SerfRPC
 
 CURL_SCRIPT = """#!/bin/bash
 [ "$SERF_EVENT" = user ] || exit 0

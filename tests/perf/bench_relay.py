@@ -33,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from serfbridge.rpc import SerfRPC
+from serfbridge.serf.rpc import SerfRPC
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from serfbridge.errors import SerfError
-from serfbridge.rpc import SerfRPC
+from serfbridge.serf.rpc import SerfRPC
 
 from .inbound import sign_headers
 from .ports import LOOPBACK, free_port

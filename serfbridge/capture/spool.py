@@ -1,0 +1,174 @@
+"""The durable on-disk spool: layout, capture, and starting the deliverer.
+
+Layout under ``<state_dir>/spool/``::
+
+    incoming/<entry>.json        written by handlers: {"sinks": [...], "event": {...}}
+    queue/<sink>/<entry>.json    fanned out by the deliverer, one directory per sink
+    queue/<sink>/.head.json      attempts and next retry time of that queue's head entry
+    dead/<sink>/<entry>.json     dead letters, with <entry>.reason.json beside each
+    rejected/<entry>.json        input that could not be parsed, kept raw (env + stdin)
+    deliver.lock                 held by the one running deliverer
+
+``<entry>`` is ``<time_ns>-<pid>-<n>``: sorting names sorts by capture time, which is event
+order because Serf runs one agent's handlers one at a time. Every file is written to a
+``.tmp`` name, fsynced and renamed, so a reader never sees half an entry and a ``kill -9`` or a
+power cut loses at most the entry being written. Only handlers create files in ``incoming/``
+and only the deliverer (one per state directory, by lock) moves them on, so no entry is
+delivered twice by the spool itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from serfbridge.capture import files, jsonenc, runtime
+
+_counter = [0]
+WINDOWS = sys.platform == "win32"
+
+
+def spool_dir(state_dir: str, *parts: str) -> str:
+    return os.path.join(state_dir, "spool", *parts)
+
+
+def entry_name() -> str:
+    _counter[0] += 1
+    return f"{time.time_ns():020d}-{os.getpid():07d}-{_counter[0]:04d}"
+
+
+def entry_time(name: str) -> float:
+    """Capture time of an entry, from its name."""
+    try:
+        return int(name.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return 0.0
+
+
+def fsync_dir(path: str) -> None:
+    # Windows cannot open a directory for fsync; NTFS journals the rename itself.
+    if WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(directory: str, name: str, data: bytes, *, durable: bool = True) -> str:
+    """Write ``directory/name`` so that it appears whole or not at all."""
+    final = os.path.join(directory, name)
+    tmp = final + ".tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    if durable:
+        fsync_dir(directory)
+    return final
+
+
+def capture(state_dir: str, sinks: list[str], event_json: str) -> str:
+    """Store one event for the named sinks; returns the entry name. Raises OSError."""
+    name = entry_name()
+    data = '{"sinks":' + jsonenc.dumps(sinks) + ',"event":' + event_json + "}"
+    write_atomic(spool_dir(state_dir, "incoming"), name + ".json", data.encode("utf-8"))
+    return name
+
+
+def reject(
+    state_dir: str, reason: str, environ: dict[str, str], stdin: bytes, received: float
+) -> str:
+    """Keep input that could not be turned into an event, raw, with the reason."""
+    import binascii
+
+    name = entry_name()
+    record = {
+        "reason": reason,
+        "received_at": received,
+        "env": {k: v for k, v in environ.items() if k.startswith("SERF_")},
+        "stdin_base64": binascii.b2a_base64(stdin, newline=False).decode("ascii"),
+    }
+    # surrogateescape writes undecodable environment bytes back as they came: this is the raw copy.
+    data = jsonenc.dumps(record).encode("utf-8", "surrogateescape")
+    write_atomic(spool_dir(state_dir, "rejected"), name + ".json", data)
+    return name
+
+
+def deliverer_running(state_dir: str) -> bool:
+    """True if a deliverer holds this state directory's lock."""
+    try:
+        fd = files.open_lockfile(spool_dir(state_dir, "deliver.lock"))
+    except FileNotFoundError:
+        os.makedirs(spool_dir(state_dir), exist_ok=True)
+        fd = files.open_lockfile(spool_dir(state_dir, "deliver.lock"))
+    try:
+        if files.try_lock(fd):
+            files.unlock(fd)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def deliverer_argv(config: str | None) -> list[str]:
+    """How to start ``serfbridge deliver`` with this very installation."""
+    if runtime.self_command is not None:
+        # The Linux launcher: this interpreter cannot run the deliverer, the frozen build can.
+        argv = list(runtime.self_command)
+    elif getattr(sys, "frozen", False):
+        argv = [sys.executable]
+    else:
+        argv = [sys.executable, "-m", "serfbridge"]
+    if config:
+        # --config is an option of the top-level parser: it must come before the command.
+        argv += ["--config", config]
+    return [*argv, "deliver"]
+
+
+def spawn_deliverer(config: str | None) -> None:
+    """Start a detached deliverer with no stdio of Serf's.
+
+    Serf waits until the handler's stdout/stderr pipes close, so the child must not inherit
+    them, and it must outlive the handler: a new session on POSIX, a detached process on
+    Windows.
+    """
+    argv = deliverer_argv(config)
+    if sys.platform == "win32":
+        import subprocess
+
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            creationflags=flags,
+        )
+        return
+    devnull = os.devnull
+    os.posix_spawn(
+        argv[0],
+        argv,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsid=True,
+    )

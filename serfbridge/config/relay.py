@@ -1,0 +1,159 @@
+"""Configuration of ``serfbridge relay``: the ``[relay]`` section and ``[[sources]]``.
+
+Imported by :mod:`serfbridge.config.models`, so one file configures the handler and the relay.
+Checks that depend on the whole picture (an unauthenticated listener on a non-loopback
+address) run when the relay starts, so a relay setting never breaks the handler.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+# The relay's source types, each a module of serfbridge.relay.sources (source_class).
+SOURCE_TYPES = ("http", "redis", "mqtt", "local")
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfigBase(_Section):
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$", description="Default: the type.")
+    allow_events: list[str] = Field(
+        default_factory=list,
+        description="User event names this source may raise; 'x*' is a prefix, '*' all. "
+        "Default: none.",
+    )
+    allow_queries: list[str] = Field(
+        default_factory=list, description="Query names this source may run (same syntax)."
+    )
+    token: SecretStr | None = Field(default=None, description="Bearer token (HTTP).")
+    hmac_key: SecretStr | None = Field(default=None, description="HMAC-SHA256 signing key.")
+    require_signature: bool = Field(
+        default=False, description="Refuse messages without a valid signature, even with a token."
+    )
+    max_skew: float = Field(
+        default=300.0, gt=0, le=86400, description="Seconds a signed timestamp may be off."
+    )
+    event_ids: bool = Field(
+        default=False,
+        description="Append a 22-byte id trailer to each event's payload (from the message's "
+        "'id', or the Redis entry) so serfbridge handlers drop a relayed repeat; other "
+        "handlers see the trailer.",
+    )
+    rate: float = Field(default=100.0, gt=0, description="Messages per second (token bucket).")
+    burst: int = Field(default=200, ge=1, description="Token bucket size.")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> SourceConfigBase:
+        if not self.name:
+            self.name = str(getattr(self, "type", "source"))
+        if self.require_signature and self.hmac_key is None:
+            raise ValueError("require_signature = true needs hmac_key")
+        return self
+
+
+class HttpSourceConfig(SourceConfigBase):
+    type: Literal["http"]
+    listen: str = Field(default="127.0.0.1:8787", description="host:port or [ipv6]:port.")
+    insecure: bool = Field(
+        default=False,
+        description="Allow a listener without token or hmac_key on a non-loopback address.",
+    )
+    tls_cert: str | None = Field(default=None, description="PEM certificate: serve HTTPS.")
+    tls_key: str | None = Field(default=None, description="PEM private key for tls_cert.")
+    max_body: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    threads: int = Field(default=8, ge=1, le=256, description="Concurrent requests.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSourceConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
+
+
+class RedisSourceConfig(SourceConfigBase):
+    type: Literal["redis"]
+    url: str = Field(description="redis://[user:pass@]host:port/db or rediss://...")
+    stream: str = Field(min_length=1, description="The stream key to read.")
+    group: str = Field(default="serfbridge", min_length=1, description="Consumer group.")
+    consumer: str | None = Field(default=None, description="Default: <hostname>-<pid>.")
+    dead_letter: str | None = Field(
+        default=None, description="Stream for rejected entries; default <stream>:dead."
+    )
+    claim_idle: float = Field(
+        default=30.0, gt=0, description="Claim entries pending this many seconds elsewhere."
+    )
+    batch: int = Field(default=20, ge=1, le=1000)
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: float = Field(default=5.0, gt=0, le=300)
+
+
+class MqttSourceConfig(SourceConfigBase):
+    type: Literal["mqtt"]
+    url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    topic: str = Field(min_length=1, description="Subscription; $share/<group>/<topic> allowed.")
+    qos: Literal[0, 1, 2] = 1
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    workers: int = Field(default=4, ge=1, le=64, description="Messages handled at once.")
+    dead_letter: str | None = Field(
+        default=None, description="Topic that gets refused messages with their reason."
+    )
+
+    @model_validator(mode="after")
+    def _no_token(self) -> MqttSourceConfig:
+        if self.token is not None:
+            raise ValueError("MQTT messages carry no bearer token: use hmac_key (signatures)")
+        return self
+
+
+class LocalSourceConfig(SourceConfigBase):
+    type: Literal["local"]
+    path: str = Field(description="Unix socket path (Windows: a pipe name, \\\\.\\pipe\\name).")
+    mode: int = Field(default=0o600, ge=0, le=0o777, description="Socket file permissions.")
+
+    @model_validator(mode="after")
+    def _no_network_auth(self) -> LocalSourceConfig:
+        if self.token is not None or self.hmac_key is not None:
+            raise ValueError(
+                "a local source is protected by file permissions (mode), not token or hmac_key"
+            )
+        return self
+
+
+SourceConfig = Annotated[
+    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig,
+    Field(discriminator="type"),
+]
+
+
+class RelayConfig(_Section):
+    stream: bool = Field(
+        default=False,
+        description="Also subscribe to the agent's event stream and feed the sinks/responders.",
+    )
+    stream_filter: str = Field(default="*", description="Events to stream (handler syntax).")
+    metrics_listen: str | None = Field(
+        default=None, description="host:port serving GET /metrics (Prometheus text)."
+    )
+    user_event_size_limit: int = Field(
+        default=512, ge=64, le=9216, description="The agent's user_event_size_limit."
+    )
+    query_size_limit: int = Field(default=1024, ge=128, description="The agent's query_size_limit.")
+    serf_cli: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv of the serf CLI (e.g. ['serf']): call it instead of speaking RPC.",
+    )
+    dedupe_window: float = Field(
+        default=600.0, ge=0, description="Seconds a message 'id' is remembered (0: off)."
+    )
+    reconnect_max: float = Field(default=10.0, gt=0, description="Backoff cap, seconds.")

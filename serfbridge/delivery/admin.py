@@ -1,0 +1,119 @@
+"""``serfbridge spool list|retry|purge``: look into and repair the spool by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from serfbridge.capture.spool import entry_time, spool_dir
+from serfbridge.errors import EXIT_OK, EXIT_USAGE
+
+
+def _sinks(root: str, only: str | None) -> list[str]:
+    if not os.path.isdir(root):
+        return []
+    return sorted(s for s in os.listdir(root) if only is None or s == only)
+
+
+def _entries(directory: str, wanted: list[str]) -> list[str]:
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json") and n[0] != ".")
+    except FileNotFoundError:
+        return []
+    if wanted:
+        keep = {w if w.endswith(".json") else w + ".json" for w in wanted}
+        names = [n for n in names if n in keep]
+    return names
+
+
+def _reason(directory: str, name: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(directory, name[:-5] + ".reason"), encoding="utf-8") as fh:
+            data: dict[str, Any] = json.load(fh)
+            return data
+    except (OSError, ValueError):
+        return {}
+
+
+def _drop_reason(directory: str, name: str) -> None:
+    try:
+        os.unlink(os.path.join(directory, name[:-5] + ".reason"))
+    except FileNotFoundError:
+        pass
+
+
+def _list(state: str, kind: str, args: argparse.Namespace) -> int:
+    if kind == "rejected":
+        directory = spool_dir(state, "rejected")
+        for name in _entries(directory, args.entries):
+            with open(os.path.join(directory, name), encoding="utf-8") as fh:
+                record = json.load(fh)
+            print(f"rejected {name[:-5]}: {record.get('reason', '?')}")
+        return EXIT_OK
+    root = spool_dir(state, kind)
+    for sink in _sinks(root, args.sink):
+        directory = os.path.join(root, sink)
+        names = _entries(directory, args.entries)
+        print(f"{kind} {sink}: {len(names)} event(s)")
+        for name in names:
+            age = entry_time(name)
+            line = f"  {name[:-5]}"
+            if kind == "dead":
+                info = _reason(directory, name)
+                line += f"  attempts={info.get('attempts', '?')}  {info.get('reason', '')}"
+            elif age:
+                line += f"  captured {age:.3f}"
+            print(line)
+    return EXIT_OK
+
+
+def _retry(state: str, args: argparse.Namespace) -> int:
+    """Move dead letters back to their sink's queue; the deliverer picks them up."""
+    root = spool_dir(state, "dead")
+    moved = 0
+    for sink in _sinks(root, args.sink):
+        directory = os.path.join(root, sink)
+        queue = spool_dir(state, "queue", sink)
+        os.makedirs(queue, exist_ok=True)
+        for name in _entries(directory, args.entries):
+            os.replace(os.path.join(directory, name), os.path.join(queue, name))
+            _drop_reason(directory, name)
+            moved += 1
+    print(f"{moved} event(s) moved back to the queue; run `serfbridge flush` to deliver now")
+    return EXIT_OK
+
+
+def _purge(state: str, kind: str, args: argparse.Namespace) -> int:
+    if kind == "rejected":
+        dirs = [spool_dir(state, "rejected")]
+    else:
+        root = spool_dir(state, kind)
+        dirs = [os.path.join(root, s) for s in _sinks(root, args.sink)]
+    removed = 0
+    for directory in dirs:
+        for name in _entries(directory, args.entries):
+            os.unlink(os.path.join(directory, name))
+            _drop_reason(directory, name)
+            removed += 1
+    print(f"{removed} {kind} event(s) removed")
+    return EXIT_OK
+
+
+def run(settings: Any, args: argparse.Namespace) -> int:
+    state = settings.state_path
+    kind = "queue" if args.queue else "rejected" if args.rejected else "dead"
+    if args.action == "list":
+        if not (args.queue or args.dead or args.rejected):
+            return max(_list(state, k, args) for k in ("queue", "dead", "rejected"))
+        return _list(state, kind, args)
+    if args.action == "retry":
+        if kind != "dead":
+            print("serfbridge: retry works on dead letters (--dead)")
+            return EXIT_USAGE
+        return _retry(state, args)
+    if not (args.queue or args.dead or args.rejected):
+        print("serfbridge: purge needs --dead, --queue or --rejected: say what to delete")
+        return EXIT_USAGE
+    return _purge(state, kind, args)

@@ -1,0 +1,170 @@
+"""What every inbound source shares: the interface and the per-source gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from serfbridge import log
+from serfbridge.capture import relay_ids
+from serfbridge.errors import Rejected
+from serfbridge.relay import messages
+from serfbridge.relay.auth import Authenticator, Credentials
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from serfbridge.config.relay import SourceConfigBase
+    from serfbridge.relay.host import RelayHost
+
+#: How each rejection reason maps to an HTTP status (other sources log and dead-letter).
+HTTP_STATUS = {
+    "unauthorized": 401,
+    "bad_signature": 401,
+    "stale": 401,
+    "replayed": 401,
+    "not_allowed": 403,
+    "duplicate": 409,
+    "too_large": 413,
+    "malformed": 400,
+    "loop": 400,
+    "rate_limited": 429,
+    "serf_error": 502,
+    "serf_unavailable": 503,
+    "internal": 500,
+}
+#: Reasons worth trying again later: the message itself is fine. (``internal`` is not: one
+#: entry that trips a bug must not block a stream; it is dead-lettered with its reason.)
+RETRYABLE = frozenset({"serf_unavailable", "rate_limited"})
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self._tokens, self._at = float(burst), time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+class Source:
+    """One configured ``[[sources]]`` entry. ``start`` raises RelayError if it cannot run;
+    ``stop`` returns once nothing of the source is running."""
+
+    def __init__(self, config: Any, relay: RelayHost) -> None:
+        self.config = config
+        self.relay = relay
+        self.name: str = config.name
+        self.gate = Gate(config, relay)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Gate:
+    """Rate limit -> authentication -> validation and loop check -> allowlist -> Serf."""
+
+    def __init__(self, config: SourceConfigBase, relay: RelayHost) -> None:
+        self.config = config
+        self.relay = relay
+        self.name = config.name
+        self.bucket = TokenBucket(config.rate, config.burst)
+        self.auth = Authenticator(
+            config.token.get_secret_value() if config.token else None,
+            config.hmac_key.get_secret_value() if config.hmac_key else None,
+            max_skew=config.max_skew,
+            require_signature=config.require_signature,
+        )
+
+    def handle(
+        self,
+        body: bytes,
+        creds: Credentials,
+        default_type: str | None = None,
+        origin: str | None = None,
+    ) -> tuple[messages.Message, dict[str, Any] | None]:
+        """Run one message; returns it with its query reply (None for events) or raises
+        Rejected.
+
+        ``origin`` names the message where the source can (a Redis entry), so that with
+        ``event_ids`` a resend of it carries the same id as the first send.
+
+        Every rejection is counted and logged with its reason, never with the body or the
+        credentials.
+        """
+        metrics = self.relay.metrics
+        metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
+        try:
+            return self._handle(body, creds, default_type, origin)
+        except Rejected as exc:
+            metrics.inc(
+                "serfbridge_relay_messages_rejected_total", source=self.name, reason=exc.reason
+            )
+            log.warning("message rejected", source=self.name, reason=exc.reason, detail=str(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a traceback
+            metrics.inc(
+                "serfbridge_relay_messages_rejected_total", source=self.name, reason="internal"
+            )
+            log.error("internal error handling a message", source=self.name, error=repr(exc))
+            raise Rejected("internal", "internal error; see the relay's log") from None
+
+    def _handle(
+        self, body: bytes, creds: Credentials, default_type: str | None, origin: str | None
+    ) -> tuple[messages.Message, dict[str, Any] | None]:
+        if not self.bucket.take():
+            raise Rejected("rate_limited", f"over {self.config.rate:g} messages/s")
+        self.auth.check(creds, body)
+        relay = self.relay.config
+        msg = messages.parse(
+            body,
+            event_limit=relay.user_event_size_limit,
+            query_limit=relay.query_size_limit,
+            default_type=default_type,
+            event_extra=relay_ids.SIZE if self.config.event_ids else 0,
+        )
+        allow = self.config.allow_events if msg.type == "event" else self.config.allow_queries
+        if not messages.allowed(allow, msg.name):
+            setting = "allow_events" if msg.type == "event" else "allow_queries"
+            raise Rejected("not_allowed", f"{msg.type} {msg.name!r} is not in {setting}")
+        key = None if msg.id is None else f"{msg.type}:{msg.id}"
+        if key is not None and not self.relay.dedupe.first_time(key):
+            raise Rejected("duplicate", f"message id {msg.id!r} was already relayed")
+        if msg.type == "event" and self.config.event_ids:
+            msg = _with_event_id(msg, origin)
+        try:
+            if msg.type == "event":
+                self.relay.serf.event(msg)
+                reply = None
+            else:
+                reply = self.relay.serf.query(msg)
+        except Rejected:
+            if key is not None:
+                self.relay.dedupe.forget(key)  # not relayed: a retry must get through
+            raise
+        self.relay.metrics.inc(
+            "serfbridge_relay_messages_out_total", source=self.name, type=msg.type
+        )
+        log.debug("relayed", source=self.name, type=msg.type, name=msg.name)
+        return msg, reply
+
+
+def _with_event_id(msg: messages.Message, origin: str | None) -> messages.Message:
+    """The message's own ``id`` names it first (a client resending under the same id means
+    the same event, whichever source it comes through); else where it came from."""
+    identity = f"id\0{msg.id}" if msg.id is not None else origin
+    if identity is None:
+        return msg
+    return replace(msg, payload=relay_ids.attach(msg.payload, relay_ids.make(identity)))

@@ -1,0 +1,179 @@
+"""``[relay] stream = true``: the agent's RPC event stream feeds the sinks and responders.
+
+Instead of one handler process per event, one subscription: each record becomes the same
+version 1 event document the handler builds (same ids, so receivers dedupe across both), is
+routed exactly as the handler routes it (``handler.route``: file sinks inline, the rest
+spooled for the shared deliverer with its retry and dead letter), and queries with a
+``[[responders]]`` entry are answered with ``respond`` on the stream's connection.
+
+What it gives up (docs/relay.md): events while the relay is down are not seen, and Serf drops
+stream records past 512 buffered (``Dropping event`` in the agent's log).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from serfbridge import log
+from serfbridge.capture import event as parse
+from serfbridge.capture import jsonenc, relay_ids, respond
+from serfbridge.capture import run as handler
+from serfbridge.config.models import compile_settings
+from serfbridge.errors import SerfError
+from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from serfbridge._types import Compiled, EventDoc, Member, Node
+    from serfbridge.relay.host import RelayHost
+
+
+def _node(stats: dict[str, dict[str, str]], tags: dict[str, str]) -> Node:
+    return {
+        "name": stats.get("agent", {}).get("name", ""),
+        "role": tags.get("role", ""),
+        "tags": dict(sorted(tags.items())),
+    }
+
+
+def event_doc(
+    record: dict[str, Any], node: Node, received: float
+) -> tuple[EventDoc, str | None] | None:
+    """One stream record -> the handler's event document and the relay id it carried
+    (serfbridge.capture.relay_ids), or None for unknown records."""
+    kind = str(record.get("Event") or "")
+    name: str | None = None
+    ltime: int | None = None
+    payload: str | None = None
+    encoding: str | None = None
+    members: list[Member] = []
+    if kind in ("user", "query"):
+        name = str(record.get("Name") or "")
+        ltime = int(record.get("LTime") or 0)
+        data, relay_id = bytes(record.get("Payload") or b""), None
+        if kind == "user":
+            data, relay_id = relay_ids.split(data)
+        # The handler cannot tell "x" from "x\n" (SERF.md) and strips one "\n"; doing the
+        # same here gives an event the same payload and id on both paths.
+        data = data[:-1] if data.endswith(b"\n") else data
+        try:
+            payload, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            import binascii
+
+            payload, encoding = binascii.b2a_base64(data, newline=False).decode(), "base64"
+        event_id = parse.user_event_id(kind, name, ltime, data, relay_id)
+    elif kind.startswith("member-"):
+        relay_id = None
+        for m in record.get("Members") or []:
+            members.append(
+                {
+                    "name": m.name,
+                    "addr": m.addr,
+                    "role": m.tags.get("role", ""),
+                    "tags": dict(sorted(m.tags.items())),
+                }
+            )
+        event_id = parse.member_event_id(kind, members)
+    else:
+        return None
+    return {
+        "version": parse.VERSION,
+        "id": event_id,
+        "event": kind,
+        "name": name,
+        "ltime": ltime,
+        "payload": payload,
+        "payload_encoding": encoding,
+        "members": members,
+        "node": node,
+        "received_at": parse.rfc3339(received),
+        "truncated": False,
+    }, relay_id
+
+
+class StreamFeeder:
+    def __init__(self, relay: RelayHost) -> None:
+        self.relay = relay
+        settings = relay.settings
+        self.cfg: Compiled = compile_settings(settings, relay.config_path)
+        serf = settings.serf
+        self.addr = serf.rpc_addr or DEFAULT_ADDR
+        self.auth = serf.rpc_auth.get_secret_value() if serf.rpc_auth else None
+        self.timeout = max(serf.rpc_timeout, 2.0)
+        self._stop = threading.Event()
+        self._client: SerfRPC | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="stream", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            client.close()  # ends the blocking iteration
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                delay = 0.0
+            except SerfError as exc:
+                if self._stop.is_set():
+                    return
+                delay = min(max(delay * 2, 0.2), self.relay.config.reconnect_max)
+                log.warning("event stream lost", error=str(exc), retry_in=delay)
+            self._stop.wait(delay or 0.2)
+
+    def _follow(self) -> None:
+        client = SerfRPC(self.addr, self.auth, timeout=self.timeout)
+        self._client = client
+        with client:
+            stats = client.stats()
+            tags = {m.name: m.tags for m in client.members()}.get(
+                stats.get("agent", {}).get("name", ""), {}
+            )
+            node = _node(stats, tags)
+            stream = client.stream(self.relay.config.stream_filter)
+            log.info("event stream subscribed", filter=stream.filter, node=node["name"])
+            for record in stream:
+                if self._stop.is_set():
+                    return
+                if record.get("Event") == "member-update":
+                    # Our own tags may have changed: SERF_TAG_* would show the new ones.
+                    node = self._refresh(client, node)
+                self._feed(client, record, node)
+
+    def _refresh(self, client: SerfRPC, node: Node) -> Node:
+        for member in client.members():
+            if member.name == node["name"]:
+                return {**node, "role": member.tags.get("role", ""), "tags": member.tags}
+        return node
+
+    def _feed(self, client: SerfRPC, record: dict[str, Any], node: Node) -> None:
+        found = event_doc(record, node, time.time())
+        if found is None:
+            return
+        doc, relay_id = found
+        metrics = self.relay.metrics
+        metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
+        event_json = jsonenc.dumps(doc)
+        if handler.route_once(self.cfg, doc, event_json, self.relay.config_path, relay_id) is None:
+            metrics.inc("serfbridge_relay_stream_repeats_total")
+            return
+        if doc["event"] != "query":
+            return
+        responder = respond.find(self.cfg["responders"], doc["name"])
+        if responder is None:
+            return
+        limit = self.cfg["query_response_size_limit"]
+        answer = respond.answer(responder, doc, event_json, limit)
+        try:
+            client.respond(int(record.get("ID") or 0), answer)
+        except SerfError as exc:
+            log.warning("query response not sent", query=doc["name"], error=str(exc))
