@@ -28,7 +28,7 @@ RECEIVED = 1763923126.125
 RECEIVED_TEXT = "2025-11-23T18:38:46.125Z"
 RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
-# SERF.md section 1: the complete SERF_* set n3 saw for a member-update (TAB and LF real).
+# docs/serf.md section 1: the complete SERF_* set n3 saw for a member-update (TAB and LF real).
 N3_UPDATE_ENV = {
     "SERF_EVENT": "member-update",
     "SERF_SELF_NAME": "n3",
@@ -53,7 +53,7 @@ N1_BASE = {
     "SERF_TAG_ROLE": "web",
 }
 
-# n1 receiving n2's join, byte for byte as SERF.md's hex dump.
+# n1 receiving n2's join, byte for byte as docs/serf.md's hex dump.
 N2_JOIN = bytes.fromhex(
     "6e 32 09 31 32 37 2e 30 2e 30 2e 31 09 64 62 0964 63 3d 65 61 73 74 2c 72 6f 6c 65 3d 64 62 0a"
 )

@@ -93,7 +93,7 @@ def test_event_documents_are_loops() -> None:
 
 
 def test_event_size_matches_serf() -> None:
-    """Name 'deploy': Serf accepts payload 476 at LTime < 128 (SERF.md); with LTime counted at
+    """Name 'deploy': Serf accepts payload 476 at LTime < 128 (docs/serf.md); with LTime counted at
     5 bytes the check is 4 bytes stricter and never looser."""
     assert event_size("deploy", b"x" * 476) == 512 + 4
     assert event_size("deploy", b"x" * 472) == 512

@@ -1,7 +1,7 @@
 """Serf handler input (environment + stdin bytes) -> the version 1 event document.
 
 Pure: no I/O, no clock (the caller passes ``received_at``). The byte formats are the ones
-measured in SERF.md §1:
+measured in docs/serf.md §1:
 
 * member events: one ``NAME\\tADDR\\tROLE\\tTAGS\\n`` line per member. Serf escapes TAB and
   LF inside NAME, ROLE and TAGS as the two characters ``\\t`` and ``\\n``; nothing else.

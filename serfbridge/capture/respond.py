@@ -31,7 +31,7 @@ def payload_budget(limit: int, node_name: str, ltime: int) -> int:
 
     The response is one type byte plus a msgpack map {LTime, ID, From, Flags, Payload}: 30
     bytes of framing and keys, LTime, ID and Flags (counted at their 5-byte worst case), the
-    From string and Payload's bin header. Checked against SERF.md: limit 1024, node "n2",
+    From string and Payload's bin header. Checked against docs/serf.md: limit 1024, node "n2",
     measured maximum 981 bytes; this formula allows 977.
     """
     fixed = 30 + _uint_size(ltime) + 5 + _str_size(len(node_name.encode())) + 5

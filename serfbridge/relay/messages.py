@@ -9,7 +9,7 @@ The body is the same on every source (HTTP, MQTT, Redis, local socket)::
 ``"payload_encoding": "base64"`` carries binary payloads. Unknown fields, wrong types and bad
 base64 are rejected (``malformed``); serfbridge's own event documents are rejected as
 ``loop`` (see docs/relay.md). Size limits are checked here with Serf's own arithmetic
-(SERF.md: user events 512 B, queries 1024 B by default), before Serf is ever called.
+(docs/serf.md: user events 512 B, queries 1024 B by default), before Serf is ever called.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _uint_size(n: int) -> int:
 def event_size(name: str, payload: bytes, extra: int = 0) -> int:
     """Encoded size of Serf's messageUserEvent {LTime, Name, Payload, CC} plus its type byte.
 
-    LTime is counted at 5 bytes (any value below 2**32). Checked against SERF.md: name
+    LTime is counted at 5 bytes (any value below 2**32). Checked against docs/serf.md: name
     ``deploy`` with the 512-byte default, payload 476 fits and 477 does not at LTime < 128.
     ``extra``: bytes the relay appends to the payload (``event_ids``' trailer).
     """

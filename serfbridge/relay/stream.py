@@ -55,7 +55,7 @@ def event_doc(
         data, relay_id = bytes(record.get("Payload") or b""), None
         if kind == "user":
             data, relay_id = relay_ids.split(data)
-        # The handler cannot tell "x" from "x\n" (SERF.md) and strips one "\n"; doing the
+        # The handler cannot tell "x" from "x\n" (docs/serf.md) and strips one "\n"; doing the
         # same here gives an event the same payload and id on both paths.
         data = data[:-1] if data.endswith(b"\n") else data
         try:

@@ -2,7 +2,7 @@
 
 One ``SerfRPC`` holds one connection. Requests may come from any thread; a reader thread
 (:mod:`serfbridge.serf.wire`) routes every reply by its Seq, so a connection that is streaming
-events can still send ``respond``, ``members`` and the rest. Protocol: SERF.md section 3.
+events can still send ``respond``, ``members`` and the rest. Protocol: docs/serf.md section 3.
 
 Errors (defined in :mod:`serfbridge.errors`; ``SerfRPCError`` is ``SerfError``)::
 

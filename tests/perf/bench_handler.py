@@ -3,7 +3,7 @@
 
 Serf runs every event handler as ``/bin/sh -c SCRIPT``, one at a time, with the agent's
 environment plus ``SERF_*`` variables, the payload on stdin and stdout+stderr captured into
-one buffer (docs: /work/shared/SERF.md sections 1, 2 and 4b). This script does exactly that
+one buffer (docs/serf.md sections 1, 2 and 4b). This script does exactly that
 from ``subprocess.run`` and times each invocation with ``time.perf_counter()``.
 
 Rows:
@@ -65,7 +65,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PAYLOAD = b'{"app":"web","version":"1.20.3"}'
-assert len(PAYLOAD) == 32  # the documented baseline (SERF.md 4b) used 32 bytes
+assert len(PAYLOAD) == 32  # the documented baseline (docs/serf.md 4b) used 32 bytes
 STDIN = PAYLOAD + b"\n"  # Serf appends one newline to a non-empty user-event payload
 
 SERF_ENV = {

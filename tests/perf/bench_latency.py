@@ -154,7 +154,7 @@ class Cluster:
             first_bind = first_bind or f"127.0.0.1:{bind}"
             wait(lambda rpc=rpc: _accepts(rpc), SETTLE_TIMEOUT, f"{node}'s RPC port")
         wait(self._joined, SETTLE_TIMEOUT, "both agents alive in one cluster")
-        # Member events are coalesced for up to 3 s (SERF.md); let their handler runs pass so
+        # Member events are coalesced for up to 3 s (docs/serf.md); let their handler runs pass so
         # they don't queue in front of the measured events.
         time.sleep(MEMBER_COALESCE)
 

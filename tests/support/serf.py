@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from pathlib import Path
 
-# Short reap/reconnect times so member-reap and rejoin tests finish in seconds (SERF.md §0).
+# Short reap/reconnect times so member-reap and rejoin tests finish in seconds (docs/serf.md §0).
 DEFAULT_CONFIG: dict[str, object] = {
     "reconnect_timeout": "20s",
     "tombstone_timeout": "20s",
@@ -39,7 +39,7 @@ class SerfAgent(ManagedProcess):
     """One `serf agent` with its own working dir, environment, config file and log.
 
     The agent's environment is os.environ without SERF_* / SERFBRIDGE_* plus `env`, because
-    Serf hands its whole environment to every handler (SERF.md §1).
+    Serf hands its whole environment to every handler (docs/serf.md §1).
     """
 
     def __init__(

@@ -23,7 +23,7 @@ PAYLOADS = [b"", b"v2", b"v2\n", b"a\nb", b"\xff\xfe binary", b"x" * 490]
 
 
 def serf_stdin(payload: bytes) -> bytes:
-    """What Serf writes to a handler's stdin (SERF.md): one '\\n' added unless already there."""
+    """What Serf writes to a handler's stdin (docs/serf.md): a '\\n' added unless there."""
     return payload if not payload or payload.endswith(b"\n") else payload + b"\n"
 
 
