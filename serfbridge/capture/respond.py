@@ -8,36 +8,18 @@ it entirely (the querier sees only the ack) when the encoded response exceeds th
 from __future__ import annotations
 
 from serfbridge import log
-from serfbridge.capture import render, when
+from serfbridge.capture import render, serf_sizes, when
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge._types import EventDoc, Node, ResponderSpec
 
-# Serf keeps only the last 8 KiB of handler output (armon/circbuf in invoke.go).
-SERF_OUTPUT_BUFFER = 8192
-
-
-def _uint_size(n: int) -> int:
-    return 1 if n < 128 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 2**32 else 9
-
-
-def _str_size(n: int) -> int:
-    return 1 + n if n < 32 else 2 + n if n < 256 else 3 + n if n < 65536 else 5 + n
+SERF_OUTPUT_BUFFER = serf_sizes.SERF_OUTPUT_BUFFER
 
 
 def payload_budget(limit: int, node_name: str, ltime: int) -> int:
-    """Largest payload that keeps serf's encoded query response within ``limit``.
-
-    The response is one type byte plus a msgpack map {LTime, ID, From, Flags, Payload}: 30
-    bytes of framing and keys, LTime, ID and Flags (counted at their 5-byte worst case), the
-    From string and Payload's bin header. Checked against docs/serf.md: limit 1024, node "n2",
-    measured maximum 981 bytes; this formula allows 977.
-    """
-    fixed = 30 + _uint_size(ltime) + 5 + _str_size(len(node_name.encode())) + 5
-    room = min(limit, SERF_OUTPUT_BUFFER + 64) - fixed
-    header = 2 if room - 2 < 256 else 3 if room - 3 < 65536 else 5
-    return max(0, min(room - header, SERF_OUTPUT_BUFFER))
+    """Largest payload that keeps serf's encoded query response within ``limit``."""
+    return serf_sizes.response_payload_budget(limit, node_name, ltime)
 
 
 def fit(answer: bytes, budget: int) -> bytes:

@@ -66,7 +66,14 @@ class HttpSourceConfig(SourceConfigBase):
     tls_cert: str | None = Field(default=None, description="PEM certificate: serve HTTPS.")
     tls_key: str | None = Field(default=None, description="PEM private key for tls_cert.")
     max_body: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
-    threads: int = Field(default=8, ge=1, le=256, description="Concurrent requests.")
+    threads: int = Field(default=8, ge=1, le=256, description="Requests handled at once.")
+    max_connections: int = Field(
+        default=1000, ge=1, le=100_000, description="Open connections; more wait to be accepted."
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds for a request's line and headers."
+    )
+    body_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for its body.")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSourceConfig:
@@ -88,6 +95,13 @@ class RedisSourceConfig(SourceConfigBase):
         default=30.0, gt=0, description="Claim entries pending this many seconds elsewhere."
     )
     batch: int = Field(default=20, ge=1, le=1000)
+    workers: int = Field(default=16, ge=1, le=256, description="Entries handled at once.")
+    dead_maxlen: int = Field(
+        default=10_000, ge=1, description="Dead-letter stream length (MAXLEN ~)."
+    )
+    dead_max_data: int = Field(
+        default=4096, ge=0, description="Bytes of a refused entry's data kept in its dead letter."
+    )
     username: str | None = None
     password: SecretStr | None = None
     timeout: float = Field(default=5.0, gt=0, le=300)

@@ -24,6 +24,7 @@ from serfbridge.errors import Rejected
 
 TIMESTAMP_HEADER = "X-Serfbridge-Timestamp"
 SIGNATURE_HEADER = "X-Serfbridge-Signature"
+MAX_TIMESTAMP_DIGITS = 12
 
 
 def sign(key: bytes, timestamp: str, body: bytes) -> str:
@@ -99,7 +100,7 @@ class Authenticator:
             self._check_signature(creds, body, time.time() if now is None else now)
             return
         if self._token is not None and creds.token is not None and not self.require_signature:
-            if hmac.compare_digest(creds.token.encode(), self._token):
+            if hmac.compare_digest(creds.token.encode("utf-8", "surrogatepass"), self._token):
                 return
             raise Rejected("unauthorized", "wrong bearer token")
         if self._key is not None and (self._token is None or self.require_signature):
@@ -109,10 +110,13 @@ class Authenticator:
     def _check_signature(self, creds: Credentials, body: bytes, now: float) -> None:
         key = self._key or b""
         stamp = creds.timestamp or ""
-        if not (stamp.isascii() and stamp.isdigit()):
+        # Bounded before int(): a 5,000-digit number is over Python's int() digit limit, and
+        # no Unix time in seconds needs more than 12 digits for another 30,000 years.
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
             raise Rejected("bad_signature", "timestamp missing or not whole Unix seconds")
         expected = sign(key, stamp, body)
-        if not hmac.compare_digest((creds.signature or "").encode(), expected.encode()):
+        given = (creds.signature or "").encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, expected.encode()):
             raise Rejected("bad_signature", "signature does not match the body and timestamp")
         if abs(now - int(stamp)) > self.max_skew:
             raise Rejected(

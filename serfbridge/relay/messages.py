@@ -19,15 +19,21 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from serfbridge.capture import serf_sizes
 from serfbridge.errors import Rejected
 
-EVENT_FIELDS = frozenset({"type", "name", "payload", "payload_encoding", "coalesce", "id"})
+EVENT_FIELDS = frozenset(
+    {"type", "name", "payload", "payload_encoding", "coalesce", "reply_to", "id"}
+)
 QUERY_FIELDS = frozenset(
     {"type", "name", "payload", "payload_encoding", "nodes", "tags", "timeout", "reply_to", "id"}
 )
 # Keys that only serfbridge's outbound documents carry (the event document, CloudEvents).
 _DOCUMENT_MARKERS = (("version", "event"), ("specversion",))
 MAX_QUERY_TIMEOUT = 300.0
+# Serf answers queries with this prefix itself (keyring changes, conflict resolution, ping)
+# and never passes them to a handler: a relay must not reach them.
+INTERNAL_QUERY_PREFIX = "_serf_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,38 +49,29 @@ class Message:
     id: str | None = None
 
 
-def _raw_size(n: int) -> int:
-    """Header + data of a Go msgpack string/[]byte (old spec: no str8, as Serf encodes)."""
-    return n + (1 if n < 32 else 3 if n < 65536 else 5)
-
-
-def _uint_size(n: int) -> int:
-    return 1 if n < 128 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 2**32 else 9
-
-
 def event_size(name: str, payload: bytes, extra: int = 0) -> int:
-    """Encoded size of Serf's messageUserEvent {LTime, Name, Payload, CC} plus its type byte.
-
-    LTime is counted at 5 bytes (any value below 2**32). Checked against docs/serf.md: name
-    ``deploy`` with the 512-byte default, payload 476 fits and 477 does not at LTime < 128.
-    ``extra``: bytes the relay appends to the payload (``event_ids``' trailer).
-    """
-    size = _raw_size(len(name.encode())) + _raw_size(len(payload) + extra)
-    return 1 + 1 + 6 + 5 + 5 + size + 8 + 3 + 1
+    """Encoded size of Serf's user event (serfbridge.capture.serf_sizes), the Lamport time
+    at its worst case. ``extra``: bytes the relay appends to the payload (``event_ids``)."""
+    return serf_sizes.event_size(name, len(payload) + extra)
 
 
 def query_size(name: str, payload: bytes, nodes: list[str], tags: dict[str, str]) -> int:
-    """Encoded size of Serf's messageQuery, counted at its worst case (16-byte Addr, 5-byte
-    LTime and ID, 9-byte Timeout); a little stricter than Serf, never looser."""
-    filters = 0
-    if nodes:
-        inner = (1 if len(nodes) < 16 else 3) + sum(_raw_size(len(n.encode())) for n in nodes)
-        filters += _raw_size(1 + inner)
-    for key, expr in tags.items():
-        inner = 1 + 4 + _raw_size(len(key.encode())) + 5 + _raw_size(len(expr.encode()))
-        filters += _raw_size(1 + inner)
-    fixed = 1 + 1 + 6 + 5 + 3 + 5 + 5 + 17 + 5 + 3 + 8 + 1 + 6 + 5 + 12 + 1 + 8 + 9 + 5 + 8
-    return fixed + filters + _raw_size(len(name.encode())) + _raw_size(len(payload))
+    return serf_sizes.query_size(name, len(payload), nodes, tags)
+
+
+def check_text(what: str, value: str) -> None:
+    """What Serf and its handlers can carry as a name, node name or tag (docs/relay.md,
+    Names): Serf hands a user event's name to the handler as ``SERF_USER_EVENT`` and a
+    query's as ``SERF_QUERY_NAME``, environment variables. An environment entry ends at the
+    first NUL (Go's exec refuses it: the handler never runs), and a Windows environment is
+    UTF-16, so text that is not valid Unicode (a lone surrogate) arrives altered."""
+    if "\0" in value:
+        raise Rejected("malformed", f"{what} contains a NUL character, which Serf cannot pass "
+                       "to a handler (environment variables end at NUL)")  # fmt: skip
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("malformed", f"{what} is not valid Unicode text (a lone surrogate)") from None
 
 
 def _reject_loop(obj: dict[str, object]) -> None:
@@ -122,6 +119,11 @@ def _query_fields(obj: dict[str, object]) -> tuple[list[str], dict[str, str], fl
             raise Rejected("malformed", "'timeout' must be a number of seconds")
         if not (math.isfinite(timeout) and 0 < timeout <= MAX_QUERY_TIMEOUT):
             raise Rejected("malformed", f"'timeout' must be in (0, {MAX_QUERY_TIMEOUT:g}] s")
+    for node in nodes:
+        check_text("a node name in 'nodes'", node)
+    for key, expr in tags.items():
+        check_text("a tag name in 'tags'", key)
+        check_text(f"the regexp for tag {key!r}", expr)
     return list(nodes), dict(tags), None if timeout is None else float(timeout)
 
 
@@ -143,6 +145,8 @@ def parse(
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Rejected("malformed", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected("malformed", "body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise Rejected("malformed", f"body must be a JSON object, got {type(obj).__name__}")
     _reject_loop(obj)
@@ -156,12 +160,23 @@ def parse(
     allowed = EVENT_FIELDS if kind == "event" else QUERY_FIELDS
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise Rejected("malformed", f"unknown field(s) for a {kind}: {', '.join(unknown)}")
+        raise Rejected("malformed", f"unknown field(s) for a {kind}: {', '.join(map(repr, unknown))}")
     name = _str(obj, "name", required=True) or ""
     if not name:
         raise Rejected("malformed", "'name' must not be empty")
+    check_text("'name'", name)
+    if kind == "query" and name.startswith(INTERNAL_QUERY_PREFIX):
+        raise Rejected(
+            "malformed",
+            f"query names starting with {INTERNAL_QUERY_PREFIX!r} are Serf's own: it answers "
+            "them itself and never passes them to a handler",
+        )
     payload = _payload(obj)
     msg_id = _str(obj, "id")
+    reply_to = _str(obj, "reply_to")
+    for what, text in (("'id'", msg_id), ("'reply_to'", reply_to)):
+        if text is not None:
+            check_text(what, text)
     if kind == "event":
         coalesce = obj.get("coalesce", False)
         if not isinstance(coalesce, bool):
@@ -174,7 +189,7 @@ def parse(
                 f"user event {name!r} encodes to {size} bytes{trailer}, over Serf's limit of "
                 f"{event_limit} (name + payload {len(name.encode()) + len(payload)} bytes)",
             )
-        return Message("event", name, payload, coalesce=coalesce, id=msg_id)
+        return Message("event", name, payload, coalesce=coalesce, reply_to=reply_to, id=msg_id)
     nodes, tags, timeout = _query_fields(obj)
     size = query_size(name, payload, nodes, tags)
     if size > query_limit:
@@ -182,7 +197,6 @@ def parse(
             "too_large",
             f"query {name!r} encodes to {size} bytes, over Serf's limit of {query_limit}",
         )
-    reply_to = _str(obj, "reply_to")
     return Message(
         "query", name, payload, nodes=nodes, tags=tags, timeout=timeout, reply_to=reply_to,
         id=msg_id,

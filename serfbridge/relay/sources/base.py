@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +57,25 @@ class TokenBucket:
             return False
 
 
+class PeerBuckets:
+    """One token bucket per peer address for messages that failed authentication, so a
+    flood without credentials spends its own budget, never the source's. Bounded: the
+    least recently used peer is forgotten first."""
+
+    def __init__(self, rate: float, burst: int, max_peers: int = 10_000) -> None:
+        self.rate, self.burst, self.max_peers = rate, burst, max_peers
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, peer: str) -> bool:
+        with self._lock:
+            bucket = self._buckets.pop(peer, None) or TokenBucket(self.rate, self.burst)
+            self._buckets[peer] = bucket
+            while len(self._buckets) > self.max_peers:
+                self._buckets.popitem(last=False)
+        return bucket.take()
+
+
 class Source:
     """One configured ``[[sources]]`` entry. ``start`` raises RelayError if it cannot run;
     ``stop`` returns once nothing of the source is running."""
@@ -74,13 +94,18 @@ class Source:
 
 
 class Gate:
-    """Rate limit -> authentication -> validation and loop check -> allowlist -> Serf."""
+    """Authentication -> rate limit -> validation and loop check -> allowlist -> Serf.
+
+    Authentication comes first so that only authenticated messages spend the source's
+    budget; one that fails authentication spends its peer's own budget (``PeerBuckets``)
+    and, once that is empty, is answered ``rate_limited`` instead of ``unauthorized``."""
 
     def __init__(self, config: SourceConfigBase, relay: RelayHost) -> None:
         self.config = config
         self.relay = relay
         self.name = config.name
         self.bucket = TokenBucket(config.rate, config.burst)
+        self.unauthenticated = PeerBuckets(config.rate, config.burst)
         self.auth = Authenticator(
             config.token.get_secret_value() if config.token else None,
             config.hmac_key.get_secret_value() if config.hmac_key else None,
@@ -94,9 +119,10 @@ class Gate:
         creds: Credentials,
         default_type: str | None = None,
         origin: str | None = None,
+        peer: str = "-",
     ) -> tuple[messages.Message, dict[str, Any] | None]:
         """Run one message; returns it with its query reply (None for events) or raises
-        Rejected.
+        Rejected. ``peer`` is the sender's address where the source knows it (HTTP).
 
         ``origin`` names the message where the source can (a Redis entry), so that with
         ``event_ids`` a resend of it carries the same id as the first send.
@@ -107,7 +133,7 @@ class Gate:
         metrics = self.relay.metrics
         metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
         try:
-            return self._handle(body, creds, default_type, origin)
+            return self._handle(body, creds, default_type, origin, peer)
         except Rejected as exc:
             metrics.inc(
                 "serfbridge_relay_messages_rejected_total", source=self.name, reason=exc.reason
@@ -122,11 +148,24 @@ class Gate:
             raise Rejected("internal", "internal error; see the relay's log") from None
 
     def _handle(
-        self, body: bytes, creds: Credentials, default_type: str | None, origin: str | None
+        self,
+        body: bytes,
+        creds: Credentials,
+        default_type: str | None,
+        origin: str | None,
+        peer: str,
     ) -> tuple[messages.Message, dict[str, Any] | None]:
+        try:
+            self.auth.check(creds, body)
+        except Rejected:
+            if not self.unauthenticated.take(peer):
+                raise Rejected(
+                    "rate_limited",
+                    f"over {self.config.rate:g} unauthenticated messages/s from this peer",
+                ) from None
+            raise
         if not self.bucket.take():
             raise Rejected("rate_limited", f"over {self.config.rate:g} messages/s")
-        self.auth.check(creds, body)
         relay = self.relay.config
         msg = messages.parse(
             body,

@@ -1,159 +1,110 @@
-"""``type = "http"``: ``POST /v1/event``, ``POST /v1/query``, ``GET /healthz`` on cheroot.
+"""``type = "http"``: ``POST /v1/event``, ``POST /v1/query``, ``GET /healthz``.
 
-cheroot is CherryPy's threaded WSGI server: pure Python, maintained, TLS built in
-(``BuiltinSSLAdapter``), works on Windows and under PyInstaller (plain imports). A query can
-take its full timeout, so each request has its own worker thread (``threads``).
+Served by :mod:`serfbridge.relay.httpserver`: connections are read on one event loop (slow
+or idle clients hold no thread), complete requests run on ``threads`` workers (a query can
+take its full timeout).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from serfbridge import log
-from serfbridge.errors import Rejected, RelayError
+from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
+from serfbridge.relay.httpserver import HttpServer, Request, Response
 from serfbridge.relay.sources.base import HTTP_STATUS, Source
-from serfbridge.serf.rpc import parse_addr
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
     from serfbridge.relay.metrics import Metrics
 
-    StartResponse = Callable[..., Any]
-
-REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Content Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 PATHS = {"/v1/event": "event", "/v1/query": "query"}
+#: RFC 6750 section 3: the challenge a 401 carries, per rejection reason.
+CHALLENGE_ERRORS = {"unauthorized": None, "bad_signature": "invalid_token",
+                    "stale": "invalid_token", "replayed": "invalid_token"}  # fmt: skip
 
 
-def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
-
-
-def _respond(
-    start_response: StartResponse,
-    status: int,
-    body: bytes,
-    content_type: str = "application/json",
-    extra: list[tuple[str, str]] | None = None,
-) -> list[bytes]:
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    start_response(f"{status} {REASONS.get(status, '')}", headers + (extra or []))
-    return [body]
-
-
-def _json(start_response: StartResponse, status: int, doc: Any) -> list[bytes]:
-    return _respond(start_response, status, (json.dumps(doc) + "\n").encode())
-
-
-def _server(listen: str, app: Any, threads: int, name: str) -> Any:
-    from cheroot import wsgi
-
-    host, port = parse_addr(listen)
-    server = wsgi.Server((host, port), app, numthreads=threads, server_name=name)
-    server.shutdown_timeout = 2
-    return server
-
-
-def _run_server(server: Any, what: str) -> Any:
-    """Bind now (so start-up errors surface as exit 9), serve in a daemon thread."""
-    import threading
-
-    try:
-        server.prepare()
-    except OSError as exc:
-        raise RelayError(f"{what}: cannot listen on {server.bind_addr}: {exc}") from None
-    thread = threading.Thread(target=server.serve, name=what, daemon=True)
-    thread.start()
-    return thread
+def _json(status: int, doc: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, (json.dumps(doc) + "\n").encode(), headers=headers or [])
 
 
 class HttpSource(Source):
     def start(self) -> None:
         cfg = self.config
-        self.server = _server(cfg.listen, self.app, cfg.threads, f"serfbridge-{self.name}")
-        if cfg.tls_cert:
-            from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-            try:
-                self.server.ssl_adapter = BuiltinSSLAdapter(cfg.tls_cert, cfg.tls_key)
-            except (OSError, ValueError) as exc:
-                raise RelayError(f"source {self.name}: cannot load TLS cert/key: {exc}") from None
-        self.thread = _run_server(self.server, f"source {self.name}")
+        self.server = HttpServer(
+            cfg.listen,
+            self.app,
+            name=f"source {self.name}",
+            threads=cfg.threads,
+            max_body=cfg.max_body,
+            max_connections=cfg.max_connections,
+            header_timeout=cfg.header_timeout,
+            body_timeout=cfg.body_timeout,
+            tls=(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None,
+        )
+        self.server.start()
         log.info(
             "http source listening", source=self.name, listen=cfg.listen, tls=bool(cfg.tls_cert)
         )
 
     def stop(self) -> None:
         self.server.stop()
-        self.thread.join(timeout=5)
 
-    def app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+    def app(self, request: Request) -> Response:
+        path, method = request.path, request.method
         if path == "/healthz":
-            if method != "GET":
-                return _json(start_response, 405, {"error": "use GET"})
+            if method not in ("GET", "HEAD"):
+                return _json(405, {"error": "use GET"}, [("Allow", "GET, HEAD")])
             serf_ok = self.relay.serf.healthy
             doc = {"status": "ok" if serf_ok else "degraded", "serf": serf_ok}
-            return _json(start_response, 200 if serf_ok else 503, doc)
+            return _json(200 if serf_ok else 503, doc)
         kind = PATHS.get(path)
         if kind is None:
-            return _json(start_response, 404, {"error": f"no such path {path}"})
+            return _json(404, {"error": f"no such path {path}"})
         if method != "POST":
-            return _json(start_response, 405, {"error": "use POST"})
-        return self._post(kind, environ, start_response)
-
-    def _post(
-        self, kind: str, environ: dict[str, Any], start_response: StartResponse
-    ) -> Iterable[bytes]:
+            return _json(405, {"error": "use POST"}, [("Allow", "POST")])
         try:
-            body = self._body(environ)
-            auth = environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, token = auth.partition(" ")
-            creds = Credentials(
-                token=token.strip() if scheme.lower() == "bearer" else None,
-                timestamp=environ.get(_environ_key(TIMESTAMP_HEADER)),
-                signature=environ.get(_environ_key(SIGNATURE_HEADER)),
-            )
-            _, reply = self.gate.handle(body, creds, default_type=kind)
+            return self._post(kind, request)
         except Rejected as exc:
             status = HTTP_STATUS.get(exc.reason, 400)
-            return _json(start_response, status, {"error": str(exc), "reason": exc.reason})
-        if reply is None:
-            return _json(start_response, 202, {"accepted": True})
-        return _json(start_response, 200, reply)
+            doc = {"error": str(exc), "reason": exc.reason}
+            return _json(status, doc, self._headers_for(exc, status))
 
-    def _body(self, environ: dict[str, Any]) -> bytes:
+    def _headers_for(self, exc: Rejected, status: int) -> list[tuple[str, str]]:
+        if status == 401:
+            challenge = f'Bearer realm="serfbridge-{self.name}"'
+            error = CHALLENGE_ERRORS.get(exc.reason)
+            if error is not None:
+                challenge += f', error="{error}"'
+            return [("WWW-Authenticate", challenge)]
+        if status == 429:
+            return [("Retry-After", str(max(1, math.ceil(1 / self.config.rate))))]
+        if status == 503:
+            return [("Retry-After", "1")]
+        return []
+
+    def _post(self, kind: str, request: Request) -> Response:
+        body = self._body(request)
+        headers = request.headers
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        creds = Credentials(
+            token=token.strip() if scheme.lower() == "bearer" else None,
+            timestamp=headers.get(TIMESTAMP_HEADER.lower()),
+            signature=headers.get(SIGNATURE_HEADER.lower()),
+        )
+        _, reply = self.gate.handle(body, creds, default_type=kind, peer=request.peer)
+        if reply is None:
+            return _json(202, {"accepted": True})
+        return _json(200, reply)
+
+    def _body(self, request: Request) -> bytes:
         limit = self.config.max_body
-        raw_length = environ.get("CONTENT_LENGTH") or ""
-        if raw_length:
-            if not raw_length.isdigit():
-                self._count("malformed")
-                raise Rejected("malformed", "Content-Length is not a number")
-            if int(raw_length) > limit:
-                self._count("too_large")
-                raise Rejected("too_large", f"body over max_body ({limit} bytes)")
-        data: bytes = environ["wsgi.input"].read(int(raw_length) if raw_length else limit + 1)
-        if len(data) > limit:
+        if int(request.headers.get("content-length", "0") or "0") > limit:
             self._count("too_large")
             raise Rejected("too_large", f"body over max_body ({limit} bytes)")
-        return data
+        return request.body
 
     def _count(self, reason: str) -> None:
         """Rejections before the gate (it counts its own)."""
@@ -168,17 +119,16 @@ class MetricsServer:
 
     def __init__(self, listen: str, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.server = _server(listen, self.app, 2, "serfbridge-metrics")
+        self.server = HttpServer(listen, self.app, name="metrics", threads=2)
 
     def start(self) -> None:
-        self.thread = _run_server(self.server, "metrics")
+        self.server.start()
 
     def stop(self) -> None:
         self.server.stop()
-        self.thread.join(timeout=5)
 
-    def app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/metrics":
-            return _json(start_response, 404, {"error": "see /metrics"})
+    def app(self, request: Request) -> Response:
+        if request.path != "/metrics":
+            return _json(404, {"error": "see /metrics"})
         body = self.metrics.render().encode()
-        return _respond(start_response, 200, body, "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
