@@ -24,7 +24,8 @@ apt_install() {
 }
 
 if [ "$EXTRA" = "test" ]; then
-    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl
+    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl \
+        mosquitto_rr:mosquitto-clients
 else
     apt_install serf:serf
 fi

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 STREAM = "relay:bulk"
+WORKERS = 16  # the redis source's default
 
 
 def _relay(
@@ -122,19 +123,21 @@ def test_kill_9_halfway_loses_nothing_and_records_nothing_twice(
     tmp_path: Path,
 ) -> None:
     """2,000 entries, two relays with ``event_ids = true``, one killed with SIGKILL halfway:
-    the survivor claims what the dead one left pending. Serf itself may carry one event
-    twice (the entry between Serf's answer and XACK at the kill, resent by the claimer);
+    the survivor claims what the dead one left pending. Serf itself may carry a few events
+    twice (entries between Serf's answer and XACK at the kill, at most one per worker,
+    resent by the claimer);
     serfbridge records every entry exactly once."""
     ids = "event_ids = true\n"
     a, a_metrics = _relay(tmp_path, serfbridge_cmd, agent, redis_server.url, "a", ids)
     b, b_metrics = _relay(tmp_path, serfbridge_cmd, agent, redis_server.url, "b", ids)
     rx, rx_metrics = _recorder(tmp_path, serfbridge_cmd, agent)
     client = redis.Redis.from_url(redis_server.url)
-    sent = _fill(client, 0, 2000)
     with rx, a, b:
         rx.start()
         a.start()
         b.start()
+        # Filled once both read: one relay alone drains 2,000 entries in about a second.
+        sent = _fill(client, 0, 2000)
         # Counted by the relays themselves: the watcher's stream lags behind Serf.
         wait_for(lambda: _relayed(a_metrics) + _relayed(b_metrics) >= 1000, 60,
                  interval=0.005, what="half of the events")  # fmt: skip
@@ -151,7 +154,8 @@ def test_kill_9_halfway_loses_nothing_and_records_nothing_twice(
         b_share = _relayed(b_metrics)
     assert set(on_serf) == set(sent)
     doubled = {p: c for p, c in on_serf.items() if c > 1}
-    assert len(doubled) <= 1, doubled
+    # At most the entries the dead relay had between Serf's answer and XACK: one per worker.
+    assert len(doubled) <= WORKERS, doubled
     assert recorded == Counter(sent), "lost or recorded twice"
     assert repeats == sum(c - 1 for c in doubled.values())
     # Usually the dead relay held a batch; rarely it died between two reads.

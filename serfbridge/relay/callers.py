@@ -31,16 +31,20 @@ def _refused(exc: SerfCommandError) -> Rejected:
     return Rejected(reason, f"serf refused the {exc.command}: {text}")
 
 
-def reply_doc(
-    msg: Message, acks: list[str], responses: dict[str, bytes], complete: bool
-) -> dict[str, Any]:
-    """The query reply every source returns (HTTP body, MQTT/Redis reply message)."""
+def reply_doc(msg: Message, acks: list[str], responses: dict[str, bytes]) -> dict[str, Any]:
+    """The query reply every source returns (HTTP body, MQTT/Redis reply message).
+
+    ``unanswered``: nodes that acknowledged the query (so it reached them) but sent no
+    response before it ended; ``complete`` is true when there are none (docs/relay.md).
+    """
+    unanswered = [node for node in acks if node not in responses]
     return {
         "id": msg.id or uuid.uuid4().hex,
         "name": msg.name,
         "acks": acks,
         "responses": {k: v.decode("utf-8", "replace") for k, v in responses.items()},
-        "complete": complete,
+        "unanswered": unanswered,
+        "complete": not unanswered,
     }
 
 
@@ -128,7 +132,7 @@ class RpcCaller:
         except SerfCommandError as exc:
             raise _refused(exc) from None
         self._metrics.observe_serf("query", time.monotonic() - started)
-        return reply_doc(msg, result.acks, result.responses, True)
+        return reply_doc(msg, result.acks, result.responses)
 
     def close(self) -> None:
         self._client.close()
@@ -202,7 +206,7 @@ class CliCaller:
         except ValueError:
             raise Rejected("serf_error", "serf query printed no JSON") from None
         responses = {k: str(v).encode() for k, v in (data.get("Responses") or {}).items()}
-        return reply_doc(msg, list(data.get("Acks") or []), responses, True)
+        return reply_doc(msg, list(data.get("Acks") or []), responses)
 
     def close(self) -> None:
         pass

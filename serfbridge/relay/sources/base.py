@@ -147,6 +147,14 @@ class Gate:
             log.error("internal error handling a message", source=self.name, error=repr(exc))
             raise Rejected("internal", "internal error; see the relay's log") from None
 
+    def refused(self, reason: str, text: str) -> Rejected:
+        """Count and log a message the source refuses before the gate could read it."""
+        metrics = self.relay.metrics
+        metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
+        metrics.inc("serfbridge_relay_messages_rejected_total", source=self.name, reason=reason)
+        log.warning("message rejected", source=self.name, reason=reason, detail=text)
+        return Rejected(reason, text)
+
     def _handle(
         self,
         body: bytes,

@@ -5,8 +5,11 @@ they were refused for good, so a relay that dies mid-message leaves it to the br
 again (to a persistent session or another shared subscriber). Serf unavailable / rate limited
 messages are retried in place with backoff until they pass or the relay stops.
 
-Replies to queries go to the MQTT 5 *Response Topic* with its *Correlation Data*, else to the
-message's ``reply_to`` field. Signatures travel as MQTT 5 user properties
+Every message with somewhere to answer gets an answer: the query reply, ``{"accepted":
+true}`` for an event, or ``{"error", "reason"}`` for a refusal. It goes to the MQTT 5
+*Response Topic* with its *Correlation Data*, else to the message's ``reply_to`` field (not
+for a message that failed authentication: a sender without credentials must not pick the
+topics the relay publishes to). Signatures travel as MQTT 5 user properties
 ``X-Serfbridge-Timestamp`` / ``X-Serfbridge-Signature``. Refused messages are logged, counted,
 and published with their reason to ``dead_letter`` when it is set.
 """
@@ -25,6 +28,24 @@ from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
 from serfbridge.sinks.mqtt import split_url
+
+AUTH_REASONS = frozenset({"unauthorized", "bad_signature", "stale", "replayed"})
+
+
+def _body_reply_to(body: bytes) -> str | None:
+    """A refused message's ``reply_to``, if its body is JSON enough to have one."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    value = obj.get("reply_to") if isinstance(obj, dict) else None
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 class MqttSource(Source):
@@ -109,10 +130,12 @@ class MqttSource(Source):
                         return  # not acked: the broker redelivers
                     continue
                 self._dead_letter(msg, exc)
+                error = {"error": str(exc), "reason": exc.reason}
+                trusted = exc.reason not in AUTH_REASONS
+                self._reply(msg, _body_reply_to(msg.payload) if trusted else None, error)
                 self._ack(msg)
                 return
-        if reply is not None:
-            self._reply(msg, parsed.reply_to, reply)
+        self._reply(msg, parsed.reply_to, reply if reply is not None else {"accepted": True})
         self._ack(msg)
 
     def _ack(self, msg: Any) -> None:
@@ -126,7 +149,8 @@ class MqttSource(Source):
         props = getattr(msg, "properties", None)
         topic = getattr(props, "ResponseTopic", None) or reply_to
         if not topic:
-            log.warning("query reply has nowhere to go", source=self.name, name=reply["name"])
+            if "name" in reply:
+                log.warning("query reply has nowhere to go", source=self.name, name=reply["name"])
             return
         out = None
         if self.v5:
@@ -135,7 +159,10 @@ class MqttSource(Source):
             if correlation is not None:
                 out.CorrelationData = correlation
             out.ContentType = "application/json"
-        self.client.publish(topic, json.dumps(reply), qos=1, properties=out)
+        try:
+            self.client.publish(topic, json.dumps(reply), qos=1, properties=out)
+        except ValueError as exc:  # a wildcard or over-long topic: nowhere to answer
+            log.warning("reply not published", source=self.name, error=str(exc))
 
     def _dead_letter(self, msg: Any, exc: Rejected) -> None:
         topic = self.config.dead_letter

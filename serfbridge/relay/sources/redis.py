@@ -9,10 +9,16 @@ Each entry carries the message JSON in field ``data``, and optionally ``timestam
    that died (``kill -9``) leaves its unacknowledged entries to the survivors;
 3. new entries (``XREADGROUP ... >``), blocking up to one second.
 
-Accepted -> ``XACK``. Refused for good (malformed, not allowed, too large, bad signature)
--> ``XADD`` to ``dead_letter`` with the reason, then ``XACK``. Serf unavailable or rate
-limited -> left pending and retried with backoff. Query replies go to the stream named by the
-message's ``reply_to`` (``XADD <reply_to> * data <reply JSON>``).
+Entries are handed, in stream order, to ``workers`` threads, so a query that lasts its whole
+timeout holds one worker and not the stream: later entries go on at once. When every worker
+is busy the reader waits for one. Each entry is acknowledged by its worker:
+
+Accepted -> ``XACK``. Refused for good (malformed, not allowed, too large, bad signature, no
+``data`` field) -> ``XADD`` to ``dead_letter`` (``MAXLEN ~ dead_maxlen``; the data cut to
+``dead_max_data`` bytes) with the reason, then ``XACK``. Serf unavailable or rate limited ->
+left pending and retried with backoff. Query replies (and ``{"accepted": true}`` for an event
+with ``reply_to``) go to the stream named by the message's ``reply_to`` (``XADD <reply_to> *
+data <reply JSON>``).
 
 An entry Serf took whose reply or ``XACK`` then failed is remembered: the retry finishes the
 writes without calling Serf again. Delivery into Serf is still at least once: a relay killed
@@ -28,6 +34,7 @@ import json
 import os
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
@@ -70,12 +77,18 @@ class RedisSource(Source):
         # entry id -> the writes still owed for it (reply or dead letter, then XACK), for
         # entries that are done with Serf: a retry must not call Serf again.
         self._owed: dict[bytes, tuple[str | None, dict[Any, Any] | None]] = {}
+        self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix=f"source {self.name}")
+        self._slots = threading.BoundedSemaphore(cfg.workers)
+        self._inflight: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._retry = threading.Event()  # a worker left an entry pending: back off
         self.thread = threading.Thread(target=self._run, name=f"source {self.name}", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=self.config.timeout + 5)
+        self.pool.shutdown(wait=True, cancel_futures=True)  # entries in Serf finish and ack
         self.client.close()
 
     # -- loop --------------------------------------------------------------------------------
@@ -127,10 +140,22 @@ class RedisSource(Source):
         """One round; False when something must be retried later (back off)."""
         cfg = self.config
         stream = cfg.stream
-        own = self.client.xreadgroup(cfg.group, self.consumer, {stream: "0"}, count=cfg.batch)
-        entries = _entries(own)
+        if self._retry.is_set():
+            self._retry.clear()
+            return False
+        # Our pending entries include the ones in flight here: read past them. The set is
+        # taken before the read: an entry a worker finished (and acknowledged) after it was
+        # taken may still be in the answer, and must not be relayed again.
+        with self._lock:
+            busy = set(self._inflight)
+        own = self.client.xreadgroup(
+            cfg.group, self.consumer, {stream: "0"}, count=cfg.batch + cfg.workers
+        )
+        with self._lock:
+            busy |= self._inflight
+        entries = [(i, f) for i, f in _entries(own) if i not in busy]
         if entries:
-            return self._process(entries)
+            return self._process(entries[: cfg.batch])
         idle_ms = int(cfg.claim_idle * 1000)
         claimed = self.client.xautoclaim(
             stream, cfg.group, self.consumer, idle_ms, start_id="0-0", count=cfg.batch
@@ -145,15 +170,46 @@ class RedisSource(Source):
         return self._process(_entries(new))
 
     def _process(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> bool:
+        """Hand each entry to a worker, in order; False if one must be retried later."""
         for entry_id, fields in entries:
-            if self._stop.is_set():
-                return True
             if not fields:  # trimmed away while pending: nothing left to relay
                 self.client.xack(self.config.stream, self.config.group, entry_id)
                 continue
+            while not self._slots.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return True
+            if self._stop.is_set():
+                self._slots.release()
+                return True
+            with self._lock:
+                self._inflight.add(entry_id)
+            try:
+                self.pool.submit(self._work, entry_id, fields)
+            except RuntimeError:  # stopping: the entry stays pending for the next run
+                self._done(entry_id)
+                return True
+        return not self._retry.is_set()
+
+    def _done(self, entry_id: bytes) -> None:
+        with self._lock:
+            self._inflight.discard(entry_id)
+        self._slots.release()
+
+    def _work(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        import redis
+
+        try:
             if not self._one(entry_id, fields):
-                return False
-        return True
+                self._retry.set()
+        except redis.RedisError as exc:
+            # Left pending (not acknowledged): the reader finds it among its own again.
+            self._retry.set()
+            log.warning("redis write failed", source=self.name, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a worker's exception would vanish in its future
+            self._retry.set()
+            log.error("redis entry failed", source=self.name, error=repr(exc))
+        finally:
+            self._done(entry_id)
 
     def _one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
         cfg = self.config
@@ -165,7 +221,7 @@ class RedisSource(Source):
         target, record = self._owed[entry_id]
         if target is not None and record is not None:
             if target == self.dead:
-                self.client.xadd(target, record)
+                self.client.xadd(target, record, maxlen=cfg.dead_maxlen, approximate=True)
             else:
                 self.client.xadd(target, record, maxlen=REPLY_MAXLEN, approximate=True)
             self._owed[entry_id] = (None, None)
@@ -185,20 +241,28 @@ class RedisSource(Source):
             signature=_text(fields, b"signature"),
         )
         origin = f"redis\0{self._server_id}\0{cfg.stream}\0{cfg.group}\0{entry_id.decode()}"
+        data = fields.get(b"data")
         try:
-            msg, reply = self.gate.handle(fields.get(b"data", b""), creds, origin=origin)
+            if data is None:
+                names = ", ".join(sorted(k.decode("utf-8", "replace") for k in fields))
+                raise self.gate.refused(
+                    "malformed", f"entry has no 'data' field (fields: {names or 'none'})"
+                )
+            msg, reply = self.gate.handle(data, creds, origin=origin)
         except Rejected as exc:
             if exc.reason in RETRYABLE:
                 return None
+            kept = (data or b"")[: cfg.dead_max_data]
             dead: dict[Any, Any] = {
                 "entry": entry_id,
                 "reason": exc.reason,
                 "error": str(exc),
-                "data": fields.get(b"data", b""),
+                "data": kept,
+                "data_bytes": len(data or b""),
             }
             return self.dead, dead
-        if reply is not None and msg.reply_to:
-            return msg.reply_to, {"data": json.dumps(reply)}
+        if msg.reply_to:
+            return msg.reply_to, {"data": json.dumps(reply or {"accepted": True})}
         return None, None
 
 
