@@ -3,10 +3,20 @@
 ``subprocess.run(timeout=...)`` kills only the direct child. A child that started a
 background process (``sleep 60 &`` in a script) leaves that grandchild holding the output
 pipes, and reading them then waits for the grandchild. Here the program runs in its own
-process group (POSIX: a new session; Windows: a new process group) and the whole group is
-killed: ``killpg(SIGKILL)`` on POSIX; on Windows the program is put in a Job Object and the
-job is terminated (``taskkill /T /F``, which walks the tree by parent id, if no job could be
-made).
+process group (POSIX: a new session; Windows: a new process group) and everything it started
+is killed:
+
+- Linux: every process that carries this run's mark is killed, as is every descendant found
+  by parent id, repeated until none is left. The mark is an environment variable
+  (``SERFBRIDGE_RUN``, a random token) that every process started from the program inherits;
+  ``/proc/<pid>/environ`` shows it even for a process that left the session with ``setsid``
+  and was orphaned to init, which neither the process group nor the parent chain would find.
+  Only a process that replaced its whole environment escapes the mark; the parent-id walk
+  still finds it while its parent lives.
+- Other POSIX: ``killpg(SIGKILL)`` on the group.
+- Windows: the program runs in a Job Object and the job is terminated; every process it
+  starts joins the job, including ones in a new process group (``taskkill /T /F``, which walks
+  the tree by parent id, if no job could be made).
 
 Never a shell: the argv list is executed as is, and event data is passed only on stdin and in
 the environment.
@@ -15,6 +25,7 @@ the environment.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -26,6 +37,8 @@ WINDOWS = sys.platform == "win32"
 # After the kill, how long to wait for the pipes to close (a member that left the group,
 # e.g. with setsid, may keep them open; it is then abandoned).
 DRAIN_SECONDS = 2.0
+RUN_MARK = "SERFBRIDGE_RUN"
+PROC = "/proc"
 
 
 class Finished:
@@ -71,7 +84,68 @@ class _Job:
             self.handle = None
 
 
-def kill_tree(proc: subprocess.Popen[bytes], job: _Job | None = None) -> None:
+def _proc_table() -> dict[int, tuple[int, bytes]]:
+    """Linux: pid -> (parent pid, environment block) of every live process we may read."""
+    table: dict[int, tuple[int, bytes]] = {}
+    try:
+        names = os.listdir(PROC)
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{PROC}/{name}/stat", "rb") as f:
+                stat = f.read()
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            state, ppid_text = stat[stat.rindex(b")") + 2 :].split()[:2]
+            if state == b"Z":  # already dead, waiting to be reaped: nothing to kill
+                continue
+            ppid = int(ppid_text)
+            with open(f"{PROC}/{name}/environ", "rb") as f:
+                environ = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(name)] = (ppid, environ)
+    return table
+
+
+def _marked(root: int, mark: bytes) -> set[int]:
+    """Processes carrying ``mark`` in their environment, and ``root``'s descendants."""
+    table = _proc_table()
+    found = {pid for pid, (_, env) in table.items() if mark in env.split(b"\0")}
+    if root in table:
+        found.add(root)
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
+        found |= more
+        grew = bool(more)
+    found.discard(os.getpid())
+    return found
+
+
+def _kill_marked(root: int, mark: str) -> None:
+    """SIGKILL everything of this run until a sweep finds nothing alive (a process may fork
+    while the previous sweep runs); at most 20 sweeps."""
+    import signal
+
+    token = mark.encode()
+    for _ in range(20):
+        alive = 0
+        for pid in _marked(root, token):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                alive += 1
+            except OSError:
+                pass
+        if not alive:
+            return
+
+
+def kill_tree(
+    proc: subprocess.Popen[bytes], job: _Job | None = None, mark: str | None = None
+) -> None:
     """Kill ``proc`` and every process in its group / job / tree; never raises."""
     if WINDOWS:
         if job is not None:
@@ -98,6 +172,8 @@ def kill_tree(proc: subprocess.Popen[bytes], job: _Job | None = None) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
+        if mark is not None and os.path.isdir(PROC):
+            _kill_marked(proc.pid, mark)
     try:
         proc.kill()
     except OSError:
@@ -113,6 +189,9 @@ def run(
 ) -> Finished:
     """Run to completion or until ``timeout`` seconds; OSError if it cannot start."""
     options: dict[str, object] = {}
+    mark = f"{RUN_MARK}={secrets.token_hex(16)}"
+    base = dict(os.environ if env is None else env)
+    base[RUN_MARK] = mark.partition("=")[2]
     if sys.platform == "win32":
         options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
     else:
@@ -122,7 +201,7 @@ def run(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=None if env is None else dict(env),
+        env=base,
         cwd=cwd,
         **options,  # type: ignore[call-overload]
     )
@@ -136,7 +215,7 @@ def run(
         try:
             out, err = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_tree(proc, job)
+            kill_tree(proc, job, mark)
             return Finished(None, *_drain(proc))
     finally:
         if job is not None:
