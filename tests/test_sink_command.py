@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,8 @@ def test_event_json_on_stdin_and_variables_in_the_environment(
         sink.send(EVENT, body(EVENT))
     (rec,) = records(out)
     assert rec["stdin"].encode() == body(EVENT)
+    # procrun's mark of this run (kills what the program started, docs/sinks.md)
+    assert re.fullmatch("[0-9a-f]{32}", rec["env"].pop("SERFBRIDGE_RUN"))
     assert rec["env"] == {
         "EXTRA_ONE": "1",
         "SERFBRIDGE_EVENT_ID": EVENT["id"],
