@@ -59,7 +59,11 @@ class MqttSource(Source):
         except ValueError as exc:
             raise RelayError(f"source {self.name}: {exc}") from None
         self.v5 = cfg.protocol == "5"
-        client_id = cfg.client_id or f"serfbridge-relay-{socket.gethostname()}-{os.getpid()}"
+        # The source's name too: two MQTT sources of one relay with the same id would take
+        # turns throwing each other off the broker.
+        client_id = (
+            cfg.client_id or f"serfbridge-relay-{socket.gethostname()}-{os.getpid()}-{self.name}"
+        )
         self.client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
