@@ -5,8 +5,8 @@ Serf encodes with hashicorp/go-msgpack's ``MsgpackHandle{}`` (``WriteExt`` false
 msgpack spec: strings and ``[]byte`` are both "raw", and there is **no 8-bit length form**
 (``0xd9``/``0xc4``). A raw of 0-31 bytes has a 1-byte header, 32-65535 bytes a 3-byte one,
 longer a 5-byte one. ``tests/test_serf_sizes.py`` settles this against a real agent: with
-``user_event_size_limit = 100`` and the name ``deploy``, a 63-byte payload is accepted and a
-64-byte one refused, which only the 3-byte header explains (docs/serf.md).
+``user_event_size_limit = 100`` and the name ``deploy``, a 64-byte payload is accepted and a
+65-byte one refused, which only the 3-byte header explains (docs/relay.md, Limits).
 
 The relay (events, queries) and the query responder (responses) both count with this module.
 """
