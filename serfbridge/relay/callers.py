@@ -116,6 +116,33 @@ class RpcCaller:
                 raise _refused(exc) from None
         self._metrics.observe_serf("event", time.monotonic() - started)
 
+    def events(self, msgs: list[Message]) -> list[Rejected | None]:
+        """Several events pipelined on the one connection (``SerfRPC.events``)."""
+        if not msgs:
+            return []
+        started = time.monotonic()
+        try:
+            client = self._connect()
+            results = client.events([(m.name, m.payload, m.coalesce) for m in msgs])
+        except Rejected as exc:
+            return [exc] * len(msgs)
+        except SerfUnavailable as exc:
+            return [self._lost(exc)] * len(msgs)
+        out: list[Rejected | None] = []
+        lost = None
+        for result in results:
+            if result is None:
+                out.append(None)
+            elif isinstance(result, SerfCommandError):
+                out.append(_refused(result))
+            else:
+                lost = lost or self._lost(result)
+                out.append(lost)
+        elapsed = time.monotonic() - started
+        for _ in msgs:
+            self._metrics.observe_serf("event", elapsed)
+        return out
+
     def query(self, msg: Message) -> dict[str, Any]:
         started = time.monotonic()
         client = self._connect()
@@ -190,6 +217,17 @@ class CliCaller:
         args = [f"-coalesce={'true' if msg.coalesce else 'false'}", "--", msg.name, payload]
         # Go's flag parser stops at "--"; a name starting with "-" stays a name.
         self._run("event", args, self.timeout + 10)
+
+    def events(self, msgs: list[Message]) -> list[Rejected | None]:
+        """One ``serf event`` after another: the CLI has no batch."""
+        out: list[Rejected | None] = []
+        for msg in msgs:
+            try:
+                self.event(msg)
+                out.append(None)
+            except Rejected as exc:
+                out.append(exc)
+        return out
 
     def query(self, msg: Message) -> dict[str, Any]:
         if b"\0" in msg.payload:

@@ -27,7 +27,7 @@ __all__ = ["Member", "SerfCommandError", "SerfRPC", "SerfRPCError", "SerfUnavail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
     from serfbridge.serf.wire import Connection, Mailbox, Stream
@@ -187,6 +187,35 @@ class SerfRPC:
     def event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
         """Fire a user event; size-limit errors come back as SerfCommandError."""
         self._call("event", {"Name": name, "Payload": _payload(payload), "Coalesce": coalesce})
+
+    def events(
+        self, events: Sequence[tuple[str, bytes, bool]]
+    ) -> list[SerfCommandError | SerfUnavailable | None]:
+        """Fire several user events pipelined: every request is written, then every reply
+        read, so one round trip is paid per batch, not per event. Per event (in order): None
+        when the agent took it, its SerfCommandError, or SerfUnavailable when the connection
+        failed before its reply came (it may or may not have been taken)."""
+        conn = self._connection()
+        sent: list[tuple[int, Mailbox] | SerfUnavailable] = []
+        for name, payload, coalesce in events:
+            body = {"Name": name, "Payload": _payload(payload), "Coalesce": coalesce}
+            try:
+                sent.append(conn.request("event", body, "call"))
+            except SerfUnavailable as exc:
+                sent.append(exc)
+        results: list[SerfCommandError | SerfUnavailable | None] = []
+        for item in sent:
+            if isinstance(item, SerfUnavailable):
+                results.append(item)
+                continue
+            seq, box = item
+            try:
+                error, _ = conn.wait(seq, box, self.timeout, "'event'")
+            except SerfUnavailable as exc:
+                results.append(exc)
+                continue
+            results.append(SerfCommandError(error, command="event") if error else None)
+        return results
 
     def query(
         self,

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from serfbridge import log
 from serfbridge.capture import relay_ids
@@ -14,8 +14,12 @@ from serfbridge.errors import Rejected
 from serfbridge.relay import messages
 from serfbridge.relay.auth import Authenticator, Credentials
 
+T = TypeVar("T")
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from serfbridge.config.relay import SourceConfigBase
     from serfbridge.relay.host import RelayHost
 
@@ -130,10 +134,49 @@ class Gate:
         Every rejection is counted and logged with its reason, never with the body or the
         credentials.
         """
+        return self._counted(
+            lambda: self._call(*self._admit(body, creds, default_type, origin, peer))
+        )
+
+    def admit(
+        self, body: bytes, creds: Credentials, origin: str | None = None
+    ) -> tuple[messages.Message, str | None]:
+        """Everything before Serf (counted and logged as ``handle`` does): the message and
+        its dedupe key, for ``relay_events`` or ``call``; raises Rejected."""
+        return self._counted(lambda: self._admit(body, creds, None, origin, "-"))
+
+    def call(self, msg: messages.Message, key: str | None) -> dict[str, Any] | None:
+        """Serf's part of ``handle`` for an admitted message (its rejections counted)."""
+        return self._counted(lambda: self._call(msg, key), count_in=False)[1]
+
+    def relay_events(
+        self, admitted: list[tuple[messages.Message, str | None]]
+    ) -> list[Rejected | None]:
+        """Admitted events into Serf at once (pipelined on RPC), in order; per event None
+        when Serf accepted it, else its counted and logged refusal."""
+        results = self.relay.serf.events([msg for msg, _ in admitted])
         metrics = self.relay.metrics
-        metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
+        for (msg, key), result in zip(admitted, results, strict=True):
+            if result is None:
+                metrics.inc("serfbridge_relay_messages_out_total", source=self.name, type="event")
+                continue
+            if key is not None:
+                self.relay.dedupe.forget(key)
+            metrics.inc(
+                "serfbridge_relay_messages_rejected_total", source=self.name, reason=result.reason
+            )
+            log.warning("message rejected", source=self.name, reason=result.reason,
+                        detail=str(result))  # fmt: skip
+        return results
+
+    def _counted(self, run: Callable[[], T], count_in: bool = True) -> T:
+        """Every rejection is counted and logged with its reason, never with the body or the
+        credentials; a bug is ``internal``, logged without a traceback."""
+        metrics = self.relay.metrics
+        if count_in:
+            metrics.inc("serfbridge_relay_messages_in_total", source=self.name)
         try:
-            return self._handle(body, creds, default_type, origin, peer)
+            return run()
         except Rejected as exc:
             metrics.inc(
                 "serfbridge_relay_messages_rejected_total", source=self.name, reason=exc.reason
@@ -155,14 +198,14 @@ class Gate:
         log.warning("message rejected", source=self.name, reason=reason, detail=text)
         return Rejected(reason, text)
 
-    def _handle(
+    def _admit(
         self,
         body: bytes,
         creds: Credentials,
         default_type: str | None,
         origin: str | None,
         peer: str,
-    ) -> tuple[messages.Message, dict[str, Any] | None]:
+    ) -> tuple[messages.Message, str | None]:
         try:
             self.auth.check(creds, body)
         except Rejected:
@@ -191,6 +234,11 @@ class Gate:
             raise Rejected("duplicate", f"message id {msg.id!r} was already relayed")
         if msg.type == "event" and self.config.event_ids:
             msg = _with_event_id(msg, origin)
+        return msg, key
+
+    def _call(
+        self, msg: messages.Message, key: str | None
+    ) -> tuple[messages.Message, dict[str, Any] | None]:
         try:
             if msg.type == "event":
                 self.relay.serf.event(msg)

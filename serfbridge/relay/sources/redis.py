@@ -39,6 +39,7 @@ from typing import Any
 
 from serfbridge import log
 from serfbridge.errors import Rejected, RelayError
+from serfbridge.relay import messages
 from serfbridge.relay.auth import Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
 
@@ -170,70 +171,52 @@ class RedisSource(Source):
         return self._process(_entries(new))
 
     def _process(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> bool:
-        """Hand each entry to a worker, in order; False if one must be retried later."""
+        """One read's entries; False if one must be retried later.
+
+        Events go into Serf together, in stream order, pipelined on the RPC connection,
+        and are acknowledged together; each query goes to a worker (it lasts its timeout).
+        """
+        events: list[tuple[bytes, messages.Message, str | None]] = []
+        finished: list[bytes] = []
         for entry_id, fields in entries:
-            if not fields:  # trimmed away while pending: nothing left to relay
-                self.client.xack(self.config.stream, self.config.group, entry_id)
-                continue
-            while not self._slots.acquire(timeout=0.5):
-                if self._stop.is_set():
-                    return True
             if self._stop.is_set():
-                self._slots.release()
-                return True
-            with self._lock:
-                self._inflight.add(entry_id)
+                break
+            if not fields:  # trimmed away while pending: nothing left to relay
+                finished.append(entry_id)
+                continue
+            if entry_id in self._owed:  # Serf has it; only the writes are left
+                finished.append(entry_id)
+                continue
             try:
-                self.pool.submit(self._work, entry_id, fields)
-            except RuntimeError:  # stopping: the entry stays pending for the next run
-                self._done(entry_id)
-                return True
+                msg, key = self._admit(entry_id, fields)
+            except Rejected as exc:
+                if exc.reason in RETRYABLE:
+                    self._retry.set()
+                else:
+                    self._owed[entry_id] = self._dead_letter(entry_id, fields, exc)
+                    finished.append(entry_id)
+                continue
+            if msg.type == "query":
+                if not self._submit(entry_id, msg, key):
+                    break
+            else:
+                events.append((entry_id, msg, key))
+        results = self.gate.relay_events([(msg, key) for _, msg, key in events])
+        for (entry_id, msg, _), result in zip(events, results, strict=True):
+            if result is not None and result.reason in RETRYABLE:
+                self._retry.set()  # left pending: read again from our own PEL
+                continue
+            if result is None:
+                self._owed[entry_id] = _reply(msg, None)
+            else:
+                self._owed[entry_id] = self._dead_letter(entry_id, {b"data": b""}, result, msg)
+            finished.append(entry_id)
+        self._flush(finished)
         return not self._retry.is_set()
 
-    def _done(self, entry_id: bytes) -> None:
-        with self._lock:
-            self._inflight.discard(entry_id)
-        self._slots.release()
-
-    def _work(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        import redis
-
-        try:
-            if not self._one(entry_id, fields):
-                self._retry.set()
-        except redis.RedisError as exc:
-            # Left pending (not acknowledged): the reader finds it among its own again.
-            self._retry.set()
-            log.warning("redis write failed", source=self.name, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a worker's exception would vanish in its future
-            self._retry.set()
-            log.error("redis entry failed", source=self.name, error=repr(exc))
-        finally:
-            self._done(entry_id)
-
-    def _one(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
-        cfg = self.config
-        if entry_id not in self._owed:
-            owed = self._run_message(entry_id, fields)
-            if owed is None:
-                return False  # stays pending; read again from our own PEL
-            self._owed[entry_id] = owed
-        target, record = self._owed[entry_id]
-        if target is not None and record is not None:
-            if target == self.dead:
-                self.client.xadd(target, record, maxlen=cfg.dead_maxlen, approximate=True)
-            else:
-                self.client.xadd(target, record, maxlen=REPLY_MAXLEN, approximate=True)
-            self._owed[entry_id] = (None, None)
-        self.client.xack(cfg.stream, cfg.group, entry_id)
-        del self._owed[entry_id]
-        return True
-
-    def _run_message(
+    def _admit(
         self, entry_id: bytes, fields: dict[bytes, bytes]
-    ) -> tuple[str | None, dict[Any, Any] | None] | None:
-        """Through the gate into Serf; returns the write owed afterwards (a query reply, a
-        dead letter, or nothing), or None when the entry must be retried later."""
+    ) -> tuple[messages.Message, str | None]:
         cfg = self.config
         creds = Credentials(
             token=_text(fields, b"token"),
@@ -242,28 +225,110 @@ class RedisSource(Source):
         )
         origin = f"redis\0{self._server_id}\0{cfg.stream}\0{cfg.group}\0{entry_id.decode()}"
         data = fields.get(b"data")
+        if data is None:
+            names = ", ".join(sorted(k.decode("utf-8", "replace") for k in fields))
+            raise self.gate.refused(
+                "malformed", f"entry has no 'data' field (fields: {names or 'none'})"
+            )
+        return self.gate.admit(data, creds, origin)
+
+    def _dead_letter(
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        exc: Rejected,
+        msg: messages.Message | None = None,
+    ) -> tuple[str | None, dict[Any, Any] | None]:
+        data = fields.get(b"data") or b""
+        if msg is not None:  # refused by Serf: the entry's body is no longer at hand
+            data = json.dumps({"type": msg.type, "name": msg.name}).encode()
+        return self.dead, {
+            "entry": entry_id,
+            "reason": exc.reason,
+            "error": str(exc),
+            "data": data[: self.config.dead_max_data],
+            "data_bytes": len(data),
+        }
+
+    def _submit(self, entry_id: bytes, msg: messages.Message, key: str | None) -> bool:
+        """Hand a query to a worker, waiting for a free one; False when stopping."""
+        while not self._slots.acquire(timeout=0.5):
+            if self._stop.is_set():
+                return False
+        with self._lock:
+            self._inflight.add(entry_id)
         try:
-            if data is None:
-                names = ", ".join(sorted(k.decode("utf-8", "replace") for k in fields))
-                raise self.gate.refused(
-                    "malformed", f"entry has no 'data' field (fields: {names or 'none'})"
-                )
-            msg, reply = self.gate.handle(data, creds, origin=origin)
-        except Rejected as exc:
-            if exc.reason in RETRYABLE:
-                return None
-            kept = (data or b"")[: cfg.dead_max_data]
-            dead: dict[Any, Any] = {
-                "entry": entry_id,
-                "reason": exc.reason,
-                "error": str(exc),
-                "data": kept,
-                "data_bytes": len(data or b""),
-            }
-            return self.dead, dead
-        if msg.reply_to:
-            return msg.reply_to, {"data": json.dumps(reply or {"accepted": True})}
+            self.pool.submit(self._query, entry_id, msg, key)
+        except RuntimeError:  # stopping: the entry stays pending for the next run
+            self._done(entry_id)
+            return False
+        return True
+
+    def _done(self, entry_id: bytes) -> None:
+        with self._lock:
+            self._inflight.discard(entry_id)
+        self._slots.release()
+
+    def _query(self, entry_id: bytes, msg: messages.Message, key: str | None) -> None:
+        import redis
+
+        try:
+            try:
+                reply = self.gate.call(msg, key)
+            except Rejected as exc:
+                if exc.reason in RETRYABLE:
+                    self._retry.set()
+                    return
+                self._owed[entry_id] = self._dead_letter(entry_id, {}, exc, msg)
+            else:
+                self._owed[entry_id] = _reply(msg, reply)
+            self._flush([entry_id])
+        except redis.RedisError as exc:
+            # Left pending (not acknowledged): the reader finds it among its own again, and
+            # finishes the writes it owes without calling Serf a second time.
+            self._retry.set()
+            log.warning("redis write failed", source=self.name, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a worker's exception would vanish in its future
+            self._retry.set()
+            log.error("redis entry failed", source=self.name, error=repr(exc))
+        finally:
+            self._done(entry_id)
+
+    def _flush(self, entry_ids: list[bytes]) -> None:
+        """The writes owed for these entries (replies, dead letters), then one XACK for all,
+        in one pipeline. A write that failed stays owed; a failed XACK raises (the entries
+        stay pending and the next read finishes them)."""
+        if not entry_ids:
+            return
+        cfg = self.config
+        pipe = self.client.pipeline(transaction=False)
+        writing: list[bytes] = []
+        for entry_id in entry_ids:
+            target, record = self._owed.get(entry_id, (None, None))
+            if target is None or record is None:
+                continue
+            maxlen = cfg.dead_maxlen if target == self.dead else REPLY_MAXLEN
+            pipe.xadd(target, record, maxlen=maxlen, approximate=True)
+            writing.append(entry_id)
+        pipe.xack(cfg.stream, cfg.group, *entry_ids)
+        results = pipe.execute(raise_on_error=False)
+        for entry_id, result in zip(writing, results, strict=False):
+            if not isinstance(result, Exception):
+                self._owed[entry_id] = (None, None)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
+        for entry_id in entry_ids:
+            self._owed.pop(entry_id, None)
+
+
+def _reply(
+    msg: messages.Message, reply: dict[str, Any] | None
+) -> tuple[str | None, dict[Any, Any] | None]:
+    """The write owed after Serf took ``msg``: its reply on ``reply_to``, if it named one."""
+    if not msg.reply_to:
         return None, None
+    return msg.reply_to, {"data": json.dumps(reply or {"accepted": True})}
 
 
 def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
