@@ -188,7 +188,8 @@ class HttpServer:
             server.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._slots is not None
+        if self._slots is None:  # not started: cannot happen, the server starts after it
+            return
         peername = writer.get_extra_info("peername")
         peer = str(peername[0]) if isinstance(peername, tuple) else "-"
         try:

@@ -71,7 +71,23 @@ def check_text(what: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise Rejected("malformed", f"{what} is not valid Unicode text (a lone surrogate)") from None
+        raise Rejected(
+            "malformed", f"{what} is not valid Unicode text (a lone surrogate)"
+        ) from None
+
+
+def _name(obj: dict[str, object], kind: str) -> str:
+    name = _str(obj, "name", required=True) or ""
+    if not name:
+        raise Rejected("malformed", "'name' must not be empty")
+    check_text("'name'", name)
+    if kind == "query" and name.startswith(INTERNAL_QUERY_PREFIX):
+        raise Rejected(
+            "malformed",
+            f"query names starting with {INTERNAL_QUERY_PREFIX!r} are Serf's own: it answers "
+            "them itself and never passes them to a handler",
+        )
+    return name
 
 
 def _reject_loop(obj: dict[str, object]) -> None:
@@ -127,6 +143,18 @@ def _query_fields(obj: dict[str, object]) -> tuple[list[str], dict[str, str], fl
     return list(nodes), dict(tags), None if timeout is None else float(timeout)
 
 
+def _load(body: bytes) -> dict[str, object]:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected("malformed", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Rejected("malformed", "body is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise Rejected("malformed", f"body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def parse(
     body: bytes,
     *,
@@ -141,14 +169,7 @@ def parse(
     out, and must agree when given. ``event_extra``: bytes the relay will append to an
     event's payload, counted against the limit.
     """
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected("malformed", f"body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise Rejected("malformed", "body is nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise Rejected("malformed", f"body must be a JSON object, got {type(obj).__name__}")
+    obj = _load(body)
     _reject_loop(obj)
     if default_type is not None:
         obj.setdefault("type", default_type)
@@ -160,17 +181,9 @@ def parse(
     allowed = EVENT_FIELDS if kind == "event" else QUERY_FIELDS
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise Rejected("malformed", f"unknown field(s) for a {kind}: {', '.join(map(repr, unknown))}")
-    name = _str(obj, "name", required=True) or ""
-    if not name:
-        raise Rejected("malformed", "'name' must not be empty")
-    check_text("'name'", name)
-    if kind == "query" and name.startswith(INTERNAL_QUERY_PREFIX):
-        raise Rejected(
-            "malformed",
-            f"query names starting with {INTERNAL_QUERY_PREFIX!r} are Serf's own: it answers "
-            "them itself and never passes them to a handler",
-        )
+        listed = ", ".join(map(repr, unknown))
+        raise Rejected("malformed", f"unknown field(s) for a {kind}: {listed}")
+    name = _name(obj, kind)
     payload = _payload(obj)
     msg_id = _str(obj, "id")
     reply_to = _str(obj, "reply_to")

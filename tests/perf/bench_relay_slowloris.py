@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_relay import free_port, start_agent, wait  # noqa: E402
+from bench_relay import free_port, start_agent, wait
 
 KEY = "bench-key"
 CLIENT_TIMEOUT = 10.0
@@ -161,8 +161,12 @@ def main() -> int:
     parser.add_argument("--slow", type=int, default=200, help="slow connections")
     parser.add_argument("--requests", type=int, default=300, help="signed requests per row")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--pace", type=float, default=0.05,
-                        help="seconds between requests: a row outlasts header_timeout")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.05,
+        help="seconds between requests: a row outlasts header_timeout",
+    )
     args = parser.parse_args()
     if not shutil.which("serf"):
         raise SystemExit("needs serf on PATH")

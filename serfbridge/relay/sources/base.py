@@ -156,7 +156,7 @@ class Gate:
         when Serf accepted it, else its counted and logged refusal."""
         results = self.relay.serf.events([msg for msg, _ in admitted])
         metrics = self.relay.metrics
-        for (msg, key), result in zip(admitted, results, strict=True):
+        for (_, key), result in zip(admitted, results, strict=True):
             if result is None:
                 metrics.inc("serfbridge_relay_messages_out_total", source=self.name, type="event")
                 continue

@@ -181,10 +181,9 @@ class RedisSource(Source):
         for entry_id, fields in entries:
             if self._stop.is_set():
                 break
-            if not fields:  # trimmed away while pending: nothing left to relay
-                finished.append(entry_id)
-                continue
-            if entry_id in self._owed:  # Serf has it; only the writes are left
+            # Trimmed away while pending (nothing left to relay), or already taken by Serf
+            # (only the writes are left).
+            if not fields or entry_id in self._owed:
                 finished.append(entry_id)
                 continue
             try:
@@ -201,6 +200,13 @@ class RedisSource(Source):
                     break
             else:
                 events.append((entry_id, msg, key))
+        self._relay_events(events, finished)
+        self._flush(finished)
+        return not self._retry.is_set()
+
+    def _relay_events(
+        self, events: list[tuple[bytes, messages.Message, str | None]], finished: list[bytes]
+    ) -> None:
         results = self.gate.relay_events([(msg, key) for _, msg, key in events])
         for (entry_id, msg, _), result in zip(events, results, strict=True):
             if result is not None and result.reason in RETRYABLE:
@@ -211,8 +217,6 @@ class RedisSource(Source):
             else:
                 self._owed[entry_id] = self._dead_letter(entry_id, {b"data": b""}, result, msg)
             finished.append(entry_id)
-        self._flush(finished)
-        return not self._retry.is_set()
 
     def _admit(
         self, entry_id: bytes, fields: dict[bytes, bytes]
