@@ -4,6 +4,8 @@ slow connections, unauthenticated floods, names Serf cannot carry, inputs that u
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -12,7 +14,6 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from support.inbound import sign_headers
 from support.ports import LOOPBACK, free_port, wait_for
 from support.relay import RelayProcess, Watcher, http_source, post
 
@@ -191,7 +192,8 @@ def test_inputs_that_gave_500(setup: Setup) -> None:
     status, doc = post(setup.port, "/v1/event", b"[" * 50_000, token=TOKEN)
     assert (status, doc["reason"]) == (400, "malformed")
     body = json.dumps(EVENT).encode()
-    headers = sign_headers(KEY, body, 1)
-    headers["X-Serfbridge-Timestamp"] = "9" * 5000
+    stamp = "9" * 5000  # correctly signed: the old code reached int() and raised
+    mac = hmac.new(KEY.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {"X-Serfbridge-Timestamp": stamp, "X-Serfbridge-Signature": "sha256=" + mac}
     status, doc = post(setup.port, "/v1/event", body, headers=headers)
     assert (status, doc["reason"]) == (401, "bad_signature")

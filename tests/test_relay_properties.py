@@ -90,11 +90,20 @@ def test_parse_only_ever_refuses(body: bytes, default: str | None) -> None:
     signature=st.none() | nasty_text,
     body=st.binary(max_size=64),
     require=st.booleans(),
+    signed=st.booleans(),
 )
 def test_auth_only_ever_refuses(
-    token: str | None, timestamp: str | None, signature: str | None, body: bytes, require: bool
+    token: str | None,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    require: bool,
+    signed: bool,
 ) -> None:
+    """Any credentials, also a correct signature over an absurd timestamp: a refusal."""
     auth = Authenticator(TOKEN, KEY, max_skew=60, require_signature=require)
+    if signed and timestamp is not None and timestamp.isascii():
+        signature = sign(KEY.encode(), timestamp, body)
     creds = Credentials(token, timestamp, signature)
     _, refusal = _outcome(lambda: auth.check(creds, body, now=1_800_000_000))
     if refusal is not None:
@@ -138,9 +147,14 @@ def test_http_never_answers_500(
         method=st.sampled_from(["POST", "GET", "PUT"]),
         headers=st.lists(st.tuples(header_names, header_values), max_size=4),
         payload=bodies,
+        authorized=st.booleans(),
     )
-    def one(path: str, method: str, headers: list[tuple[str, str]], payload: bytes) -> None:
+    def one(
+        path: str, method: str, headers: list[tuple[str, str]], payload: bytes, authorized: bool
+    ) -> None:
         head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        if authorized:  # past authentication, into the parser
+            head += f"Authorization: Bearer {TOKEN}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers)
         head += f"Content-Length: {len(payload)}\r\n\r\n"
         with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
