@@ -318,10 +318,11 @@ def test_invalid_config_is_refused(fields: dict[str, Any], message: str) -> None
 def _docs_verify() -> Callable[..., bool]:
     """The verification example from docs/sink-webhook.md, executed as written."""
     text = DOCS.read_text(encoding="utf-8")
-    code = re.search(r"```python\n(.*?def verify.*?)```", text, re.DOTALL)
-    assert code is not None, "docs/sink-webhook.md lost its verification example"
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    code = [b for b in blocks if "x-serfbridge-timestamp" in b]
+    assert code, "docs/sink-webhook.md lost its verification example"
     namespace: dict[str, Any] = {}
-    exec(code.group(1), namespace)  # noqa: S102 - our own documentation
+    exec(code[0], namespace)  # noqa: S102 - our own documentation
     verify: Callable[..., bool] = namespace["verify"]
     return verify
 

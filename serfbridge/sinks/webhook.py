@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from serfbridge import signing
 from serfbridge.errors import SinkRejected, SinkUnavailable
 from serfbridge.sinks.base import Sink, SinkConfigBase
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 WebhookFormat = Literal[
     "json", "cloudevents", "cloudevents-binary", "slack", "mattermost", "discord", "teams"
 ]
+SignatureScheme = Literal["serfbridge", "standard-webhooks", "github"]
 CHAT_FORMATS = ("slack", "mattermost", "discord", "teams")
 EVENT_ID_HEADERS = ("Idempotency-Key", "X-Serfbridge-Event-Id")
 MAX_RESPONSE_BYTES = 64 * 1024  # of a response body read before the connection is dropped
@@ -51,8 +53,14 @@ class WebhookSinkConfig(SinkConfigBase):
     )
     headers: dict[str, str] = Field(default_factory=dict)
     bearer_token: SecretStr | None = None
-    hmac_secret: SecretStr | None = Field(
-        default=None, description="Sign '<timestamp>.<body>' with HMAC-SHA256."
+    hmac_secret: SecretStr | list[SecretStr] | None = Field(
+        default=None,
+        description="HMAC-SHA256 signing secret; a list signs with each (key rotation).",
+    )
+    signature: SignatureScheme = Field(
+        default="serfbridge",
+        description="Signature headers: serfbridge (X-Serfbridge-*), standard-webhooks "
+        "(webhook-id/-timestamp/-signature, whsec_ secrets) or github (X-Hub-Signature-256).",
     )
     signature_header: str = "X-Serfbridge-Signature"
     timestamp_header: str = "X-Serfbridge-Timestamp"
@@ -95,6 +103,39 @@ class WebhookSinkConfig(SinkConfigBase):
         return _check_header_name(value)
 
     @model_validator(mode="after")
+    def _signature_fits(self) -> Self:
+        secrets = self.secrets()
+        scheme = self.signature
+        if scheme != "serfbridge":
+            if not secrets:
+                raise ValueError(f"signature = {scheme!r} needs hmac_secret")
+            renamed = {"signature_header", "timestamp_header"} & self.model_fields_set
+            if renamed:
+                raise ValueError(
+                    f"{', '.join(sorted(renamed))} apply to signature = 'serfbridge'; "
+                    f"{scheme} fixes its header names"
+                )
+        if isinstance(self.hmac_secret, list) and not secrets:
+            raise ValueError("hmac_secret is an empty list")
+        if scheme == "github" and len(secrets) > 1:
+            raise ValueError(
+                "signature = 'github' takes one hmac_secret: X-Hub-Signature-256 carries "
+                "one signature"
+            )
+        if scheme == "standard-webhooks":
+            for secret in secrets:
+                signing.standard_key(secret)
+        return self
+
+    def secrets(self) -> list[str]:
+        """The signing secrets in clear, in the configured order (none: no signing)."""
+        value = self.hmac_secret
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        return [item.get_secret_value() for item in items]
+
+    @model_validator(mode="after")
     def _template_needs_chat(self) -> Self:
         if self.template is not None and self.format not in CHAT_FORMATS:
             raise ValueError(
@@ -121,14 +162,6 @@ def origin(url: str) -> str:
     except ValueError:
         port = None
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """``sha256=`` + hex HMAC-SHA256 of ``b"<timestamp>." + body``: the signature header."""
-    import hashlib
-    import hmac
-
-    return "sha256=" + hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -279,14 +312,30 @@ class WebhookSink(Sink):
             headers[name] = event["id"]
         if self.config.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self.config.bearer_token.get_secret_value()}"
-        if self.config.hmac_secret is not None:
-            import time
-
-            timestamp = str(int(time.time()))
-            secret = self.config.hmac_secret.get_secret_value().encode("utf-8")
-            headers[self.config.timestamp_header] = timestamp
-            headers[self.config.signature_header] = sign(secret, timestamp, content)
+        headers.update(self.signature_headers(event["id"], content))
         return content, headers
+
+    def signature_headers(self, msg_id: str, content: bytes) -> dict[str, str]:
+        """The signing headers for one attempt: each attempt is signed anew, at its time."""
+        secrets = self.config.secrets()
+        if not secrets:
+            return {}
+        import time
+
+        timestamp = str(int(time.time()))
+        scheme = self.config.signature
+        if scheme == "github":
+            return {signing.GITHUB_HEADER: signing.sign_github(secrets[0].encode(), content)}
+        if scheme == "standard-webhooks":
+            id_header, stamp_header, sig_header = signing.STANDARD_HEADERS
+            sigs = (signing.sign_standard(signing.standard_key(s), msg_id, timestamp, content)
+                    for s in secrets)  # fmt: skip
+            return {id_header: msg_id, stamp_header: timestamp, sig_header: " ".join(sigs)}
+        sigs = (signing.sign(s.encode(), timestamp, content) for s in secrets)
+        return {
+            self.config.timestamp_header: timestamp,
+            self.config.signature_header: " ".join(sigs),
+        }
 
     def send(self, event: dict[str, Any], body: bytes) -> None:
         import httpx
