@@ -62,6 +62,11 @@ def secret_file(path: Path, content: str, mode: int = 0o600) -> Path:
     return path
 
 
+def first_sink(config: Path) -> Any:
+    """The first sink of the compiled config, as the handler reads it from the cache."""
+    return cache.load(str(config))["sinks"][0]
+
+
 def probe(config: Path) -> tuple[bool, list[str], str | None]:
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(config)],
@@ -158,9 +163,9 @@ def test_relative_paths_use_credentials_directory(
     secret_file(creds / "hook-token", "from-systemd\n")
     secret_file(tmp_path / "hook-token", "next-to-config\n")
     config = write(HOOK + "bearer_token_file = 'hook-token'\n")
-    assert cache.load(str(config))["sinks"][0]["bearer_token"] == "next-to-config"  # noqa: S105
+    assert first_sink(config)["bearer_token"] == "next-to-config"  # noqa: S105
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    assert cache.load(str(config))["sinks"][0]["bearer_token"] == "from-systemd"  # noqa: S105
+    assert first_sink(config)["bearer_token"] == "from-systemd"  # noqa: S105
 
 
 # -- ${VAR} ---------------------------------------------------------------------------------
@@ -175,7 +180,7 @@ def test_interpolation_in_values(
         "[[sinks]]\ntype = 'webhook'\nname = 'hook'\nurl = 'http://${HOOK_HOST}:${PORT:-8080}/'\n"
         "bearer_token = '${HOOK_TOKEN}'\nheaders = { X-Cost = '$$5 ${TEAM:-ops}' }\n"
     )
-    sink = cache.load(str(config))["sinks"][0]
+    sink = first_sink(config)
     assert sink["url"] == "http://127.0.0.1:8080/"
     assert sink["bearer_token"] == "tok"  # noqa: S105 - test value
     assert sink["headers"] == {"X-Cost": "$5 ops"}
