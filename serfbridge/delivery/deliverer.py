@@ -10,6 +10,11 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 (dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
+
+A sink with a rate limit (chat) is paced: before a send the worker waits what ``pace()``
+asks, then takes as many queued entries as ``digest_size()`` says; more than one go as one
+``send_digest()`` message (the storm digest), and the entries it covered are removed
+together. A failure counts against the head entry alone, as for a single send.
 """
 
 from __future__ import annotations
@@ -109,14 +114,35 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, path: str) -> None:
-        with open(path, "rb") as fh:
-            event = json.loads(fh.read())["event"]
+    def _open_sink(self) -> Any:
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        self._sink.send(event, canonical(event))
+        return self._sink
+
+    def _attempt(self, paths: list[str]) -> int:
+        """Send ``paths`` (the head first) as one message; how many of them were covered."""
+        events = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                events.append(json.loads(fh.read())["event"])
+        sink = self._open_sink()
+        if len(events) == 1:
+            sink.send(events[0], canonical(events[0]))
+            return 1
+        return max(1, min(len(events), sink.send_digest(events)))
+
+    def _batch(self, names: list[str]) -> list[str] | None:
+        """The entries the next send takes, after waiting out the sink's rate limit; None if
+        the deliverer stops meanwhile. What arrives during the wait can join a digest."""
+        sink = self._open_sink()
+        delay = sink.pace()
+        if delay > 0:
+            if self.stop.wait(delay):
+                return None
+            names = _json_files(self.queue)
+        return names[: max(1, sink.digest_size(len(names)))]
 
     def step(self, wake: bool) -> bool:
         """Try the head entry once if it is due; False when there is nothing to do now."""
@@ -131,7 +157,10 @@ class SinkWorker:
         if state.next_at > time.time() and not wake and not self.drain:
             return False
         try:
-            self._attempt(path)
+            batch = self._batch(names)
+            if batch is None:
+                return False
+            sent = batch[: self._attempt([os.path.join(self.queue, n) for n in batch])]
         except (SinkError, OSError, ValueError, KeyError) as exc:
             self._failed(path, state, exc)
             return not self.failed
@@ -139,9 +168,10 @@ class SinkWorker:
             log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
-        os.unlink(path)
-        self.delivered += 1
-        log.debug("delivered", sink=self.config.name, entry=head)
+        for name in sent:
+            os.unlink(os.path.join(self.queue, name))
+        self.delivered += len(sent)
+        log.debug("delivered", sink=self.config.name, entry=head, entries=len(sent))
         return True
 
     def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
