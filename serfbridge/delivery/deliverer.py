@@ -35,6 +35,10 @@ from serfbridge.delivery import once
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from serfbridge.sinks.base import Sink
+
 HEAD_STATE = ".head.json"
 WAKE_FILE = "wake"
 
@@ -114,7 +118,7 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _open_sink(self) -> Any:
+    def _open_sink(self) -> Sink:
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
