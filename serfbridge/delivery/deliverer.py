@@ -34,10 +34,7 @@ from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from serfbridge.sinks.base import Sink
+from serfbridge.sinks.base import Sink
 
 HEAD_STATE = ".head.json"
 WAKE_FILE = "wake"
@@ -119,11 +116,12 @@ class SinkWorker:
             self._sink = None
 
     def _open_sink(self) -> Sink:
-        if self._sink is None:
+        sink = self._sink
+        if not isinstance(sink, Sink):
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        return self._sink
+        return sink
 
     def _attempt(self, paths: list[str]) -> int:
         """Send ``paths`` (the head first) as one message; how many of them were covered."""
