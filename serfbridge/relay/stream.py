@@ -18,7 +18,7 @@ from typing import Any
 
 from serfbridge import log
 from serfbridge.capture import event as parse
-from serfbridge.capture import jsonenc, relay_ids, respond
+from serfbridge.capture import jsonenc, relay_ids, respond, route
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
 from serfbridge.errors import SerfError
@@ -44,54 +44,25 @@ def event_doc(
     """One stream record -> the handler's event document and the relay id it carried
     (serfbridge.capture.relay_ids), or None for unknown records."""
     kind = str(record.get("Event") or "")
-    name: str | None = None
-    ltime: int | None = None
-    payload: str | None = None
-    encoding: str | None = None
-    members: list[Member] = []
     if kind in ("user", "query"):
-        name = str(record.get("Name") or "")
-        ltime = int(record.get("LTime") or 0)
         data, relay_id = bytes(record.get("Payload") or b""), None
         if kind == "user":
             data, relay_id = relay_ids.split(data)
-        # The handler cannot tell "x" from "x\n" (docs/serf.md) and strips one "\n"; doing the
-        # same here gives an event the same payload and id on both paths.
-        data = data[:-1] if data.endswith(b"\n") else data
-        try:
-            payload, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            import binascii
-
-            payload, encoding = binascii.b2a_base64(data, newline=False).decode(), "base64"
-        event_id = parse.user_event_id(kind, name, ltime, data, relay_id)
-    elif kind.startswith("member-"):
-        relay_id = None
-        for m in record.get("Members") or []:
-            members.append(
-                {
-                    "name": m.name,
-                    "addr": m.addr,
-                    "role": m.tags.get("role", ""),
-                    "tags": dict(sorted(m.tags.items())),
-                }
-            )
-        event_id = parse.member_event_id(kind, members)
-    else:
-        return None
-    return {
-        "version": parse.VERSION,
-        "id": event_id,
-        "event": kind,
-        "name": name,
-        "ltime": ltime,
-        "payload": payload,
-        "payload_encoding": encoding,
-        "members": members,
-        "node": node,
-        "received_at": parse.rfc3339(received),
-        "truncated": False,
-    }, relay_id
+        name, ltime = str(record.get("Name") or ""), int(record.get("LTime") or 0)
+        doc = parse.user_doc(kind, name, ltime, data, node, received_at=received, relay_id=relay_id)
+        return doc, relay_id
+    if kind.startswith("member-"):
+        members: list[Member] = [
+            {
+                "name": m.name,
+                "addr": m.addr,
+                "role": m.tags.get("role", ""),
+                "tags": dict(sorted(m.tags.items())),
+            }
+            for m in record.get("Members") or []
+        ]
+        return parse.member_doc(kind, members, node, received), None
+    return None
 
 
 class StreamFeeder:
@@ -168,7 +139,7 @@ class StreamFeeder:
             return
         if doc["event"] != "query":
             return
-        responder = respond.find(self.cfg["responders"], doc["name"])
+        responder = route.responder_for(self.cfg, doc)
         if responder is None:
             return
         limit = self.cfg["query_response_size_limit"]
