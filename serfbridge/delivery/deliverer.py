@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from serfbridge.capture import files
 from serfbridge.capture.spool import entry_time, fsync_dir, spool_dir, write_atomic
 from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
 
@@ -67,13 +67,6 @@ class HeadState:
         write_atomic(queue, HEAD_STATE, data, durable=False)
 
 
-def backoff(config: DeliveryConfig, attempts: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), config.backoff_max)
-    ceiling: float = min(config.backoff_max, config.backoff_initial * 2.0 ** (attempts - 1))
-    return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
-
-
 def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
     target = spool_dir(state_dir, "dead", sink)
     os.makedirs(target, exist_ok=True)
@@ -99,6 +92,10 @@ class SinkWorker:
     # Set by fan_out when it queues an entry here, so the worker starts at once instead of
     # at its next poll (which only catches what a wake-up could miss).
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.delivery.backoff_initial, self.delivery.backoff_max, jitter=True)
 
     @property
     def queue(self) -> str:
@@ -160,7 +157,7 @@ class SinkWorker:
                 self.state_dir, self.config.name, path, f"{why}: {state.last_error}", state.attempts
             )
             return
-        delay = backoff(self.delivery, state.attempts, getattr(exc, "retry_after", None))
+        delay = self.backoff.delay(state.attempts, getattr(exc, "retry_after", None))
         state.next_at = time.time() + delay
         state.save(self.queue)
         log.warning(

@@ -21,6 +21,7 @@ from serfbridge.capture import event as parse
 from serfbridge.capture import jsonenc, relay_ids, respond, route
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SerfError
 from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
 
@@ -89,17 +90,18 @@ class StreamFeeder:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
-        delay = 0.0
+        retry = Backoff(0.2, self.relay.config.reconnect_max)
         while not self._stop.is_set():
+            delay = 0.2
             try:
                 self._follow()
-                delay = 0.0
+                retry.reset()
             except SerfError as exc:
                 if self._stop.is_set():
                     return
-                delay = min(max(delay * 2, 0.2), self.relay.config.reconnect_max)
+                delay = retry.failed()
                 log.warning("event stream lost", error=str(exc), retry_in=delay)
-            self._stop.wait(delay or 0.2)
+            self._stop.wait(delay)
 
     def _follow(self) -> None:
         client = SerfRPC(self.addr, self.auth, timeout=self.timeout)
