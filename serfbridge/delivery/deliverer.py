@@ -23,7 +23,8 @@ from typing import Any
 
 from serfbridge import log
 from serfbridge.capture import files
-from serfbridge.capture.spool import entry_time, fsync_dir, spool_dir, write_atomic
+from serfbridge.capture.files import fsync_dir, write_atomic
+from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
 from serfbridge.delivery.backoff import Backoff
@@ -64,7 +65,7 @@ class HeadState:
 
     def save(self, queue: str) -> None:
         data = json.dumps(self.__dict__).encode()
-        write_atomic(queue, HEAD_STATE, data, durable=False)
+        write_atomic(os.path.join(queue, HEAD_STATE), data, durable=False)
 
 
 def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
@@ -72,7 +73,7 @@ def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int)
     os.makedirs(target, exist_ok=True)
     name = os.path.basename(src)
     meta = {"sink": sink, "reason": reason, "attempts": attempts, "dead_at": time.time()}
-    write_atomic(target, name[: -len(".json")] + ".reason", json.dumps(meta).encode())
+    write_atomic(os.path.join(target, name[: -len(".json")] + ".reason"), json.dumps(meta).encode())
     os.replace(src, os.path.join(target, name))
     log.error("event dead-lettered", sink=sink, entry=name, attempts=attempts, reason=reason)
 
@@ -219,7 +220,7 @@ class Deliverer:
                 touched.add(queue)
                 cfg = self.sinks.get(sink_name)
                 if cfg is None:
-                    write_atomic(queue, name, json.dumps({"event": event}).encode())
+                    write_atomic(os.path.join(queue, name), json.dumps({"event": event}).encode())
                     dead_letter(
                         self.state_dir,
                         sink_name,
@@ -231,7 +232,11 @@ class Deliverer:
                 docs = self._membership.mine(event) if cfg.once else [event]
                 for k, doc in enumerate(docs):
                     part = name if len(docs) == 1 and doc is event else f"{name[:-5]}-{k:03d}.json"
-                    write_atomic(queue, part, json.dumps({"event": doc}).encode(), durable=False)
+                    write_atomic(
+                        os.path.join(queue, part),
+                        json.dumps({"event": doc}).encode(),
+                        durable=False,
+                    )
             for queue in touched:
                 fsync_dir(queue)
             for worker in self.workers:
@@ -321,7 +326,11 @@ def serve(settings: Settings) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(spool_dir(state_dir), "deliver.pid", b"%d\n" % os.getpid(), durable=False)
+            write_atomic(
+                os.path.join(spool_dir(state_dir), "deliver.pid"),
+                b"%d\n" % os.getpid(),
+                durable=False,
+            )
             log.info("deliverer started", state_dir=state_dir)
             Deliverer(settings).run()
         finally:
@@ -338,7 +347,7 @@ def flush(settings: Settings, timeout: float) -> int:
     fd = acquire(state_dir)
     if fd is None:
         # A deliverer is running: ask it to retry now and wait for the spool to drain.
-        write_atomic(spool_dir(state_dir), WAKE_FILE, b"", durable=False)
+        write_atomic(os.path.join(spool_dir(state_dir), WAKE_FILE), b"", durable=False)
         probe = Deliverer(settings)
         while probe.pending() and time.monotonic() < deadline:
             time.sleep(0.1)
