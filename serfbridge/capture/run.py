@@ -14,7 +14,7 @@ from serfbridge.capture import cache, jsonenc, paths, relay_ids, runtime, spool
 from serfbridge.capture import event as parse
 from serfbridge.capture import route as route_decision
 from serfbridge.capture.files import append_record
-from serfbridge.errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
+from serfbridge.errors import EXIT_OK, EXIT_SPOOL, EXIT_TRUNCATED, ConfigError, InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -200,15 +200,13 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
             os.write(1, answer)
 
     if truncated:
-        from serfbridge.errors import InputTruncated
-
         log.error(
             "stdin exceeded max_input_bytes; event recorded with truncated=true",
             limit=cfg["max_input_bytes"],
             id=doc["id"],
         )
         # Serf discards a query handler's output when it exits non-zero: keep the answer.
-        return status if is_query else InputTruncated.exit_code
+        return status if is_query else EXIT_TRUNCATED
     if status == EXIT_OK:
         log.debug("event captured", id=doc["id"], event=doc["event"], name=doc["name"])
     return status

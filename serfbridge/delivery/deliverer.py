@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files
+from serfbridge.capture import files, jsonenc
 from serfbridge.capture.files import fsync_dir, write_atomic
 from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
@@ -44,8 +44,9 @@ def _json_files(directory: str) -> list[str]:
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes: compact, UTF-8, key order kept."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
+    order kept."""
+    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
