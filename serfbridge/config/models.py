@@ -311,9 +311,3 @@ def compile_settings(settings: Settings, source: str | None) -> Compiled:
         "raw": _reveal(settings.model_dump()),
         "inputs": settings._inputs,  # type: ignore[typeddict-item]
     }
-
-
-def sink_adapter() -> Any:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(SinkConfig)

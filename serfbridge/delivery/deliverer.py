@@ -11,30 +11,28 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
 
-A sink with a rate limit (chat) is paced: before a send the worker waits what ``pace()``
-asks, then takes as many queued entries as ``digest_size()`` says; more than one go as one
-``send_digest()`` message (the storm digest), and the entries it covered are removed
-together. A failure counts against the head entry alone, as for a single send.
+A paced sink (chat) may take several queued entries as one digest message (``Sink.pace``,
+``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files
-from serfbridge.capture.spool import entry_time, fsync_dir, spool_dir, write_atomic
+from serfbridge.capture import files, jsonenc
+from serfbridge.capture.files import fsync_dir, write_atomic
+from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
-from serfbridge.sinks.base import Sink
 
 HEAD_STATE = ".head.json"
 WAKE_FILE = "wake"
@@ -49,8 +47,9 @@ def _json_files(directory: str) -> list[str]:
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes: compact, UTF-8, key order kept."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
+    order kept."""
+    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
@@ -70,14 +69,7 @@ class HeadState:
 
     def save(self, queue: str) -> None:
         data = json.dumps(self.__dict__).encode()
-        write_atomic(queue, HEAD_STATE, data, durable=False)
-
-
-def backoff(config: DeliveryConfig, attempts: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), config.backoff_max)
-    ceiling: float = min(config.backoff_max, config.backoff_initial * 2.0 ** (attempts - 1))
-    return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+        write_atomic(os.path.join(queue, HEAD_STATE), data, durable=False)
 
 
 def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
@@ -85,7 +77,7 @@ def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int)
     os.makedirs(target, exist_ok=True)
     name = os.path.basename(src)
     meta = {"sink": sink, "reason": reason, "attempts": attempts, "dead_at": time.time()}
-    write_atomic(target, name[: -len(".json")] + ".reason", json.dumps(meta).encode())
+    write_atomic(os.path.join(target, name[: -len(".json")] + ".reason"), json.dumps(meta).encode())
     os.replace(src, os.path.join(target, name))
     log.error("event dead-lettered", sink=sink, entry=name, attempts=attempts, reason=reason)
 
@@ -107,6 +99,10 @@ class SinkWorker:
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.delivery.backoff_initial, self.delivery.backoff_max, jitter=True)
+
+    @property
     def queue(self) -> str:
         return spool_dir(self.state_dir, "queue", self.config.name)
 
@@ -115,36 +111,28 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _open_sink(self) -> Sink:
-        sink = self._sink
-        if not isinstance(sink, Sink):
-            sink = sink_class(self.config.type)(self.config)
-            sink.open()
-            self._sink = sink
-        return sink
-
     def _attempt(self, paths: list[str]) -> int:
         """Send ``paths`` (the head first) as one message; how many of them were covered."""
         events = []
         for path in paths:
             with open(path, "rb") as fh:
                 events.append(json.loads(fh.read())["event"])
-        sink = self._open_sink()
         if len(events) == 1:
-            sink.send(events[0], canonical(events[0]))
+            self._sink.send(events[0], canonical(events[0]))
             return 1
-        return max(1, min(len(events), sink.send_digest(events)))
+        return max(1, min(len(events), int(self._sink.send_digest(events))))
 
     def _batch(self, names: list[str]) -> list[str] | None:
-        """The entries the next send takes, after waiting out the sink's rate limit; None if
-        the deliverer stops meanwhile. What arrives during the wait can join a digest."""
-        sink = self._open_sink()
-        delay = sink.pace()
-        if delay > 0:
+        """The entries the next send takes, once the sink's rate allows; None on stop."""
+        if self._sink is None:
+            sink = sink_class(self.config.type)(self.config)
+            sink.open()
+            self._sink = sink
+        if (delay := self._sink.pace()) > 0:
             if self.stop.wait(delay):
                 return None
-            names = _json_files(self.queue)
-        return names[: max(1, sink.digest_size(len(names)))]
+            names = _json_files(self.queue)  # what arrived meanwhile can join a digest
+        return names[: max(1, int(self._sink.digest_size(len(names))))]
 
     def step(self, wake: bool) -> bool:
         """Try the head entry once if it is due; False when there is nothing to do now."""
@@ -192,7 +180,7 @@ class SinkWorker:
                 self.state_dir, self.config.name, path, f"{why}: {state.last_error}", state.attempts
             )
             return
-        delay = backoff(self.delivery, state.attempts, getattr(exc, "retry_after", None))
+        delay = self.backoff.delay(state.attempts, getattr(exc, "retry_after", None))
         state.next_at = time.time() + delay
         state.save(self.queue)
         log.warning(
@@ -254,7 +242,7 @@ class Deliverer:
                 touched.add(queue)
                 cfg = self.sinks.get(sink_name)
                 if cfg is None:
-                    write_atomic(queue, name, json.dumps({"event": event}).encode())
+                    write_atomic(os.path.join(queue, name), json.dumps({"event": event}).encode())
                     dead_letter(
                         self.state_dir,
                         sink_name,
@@ -266,7 +254,11 @@ class Deliverer:
                 docs = self._membership.mine(event) if cfg.once else [event]
                 for k, doc in enumerate(docs):
                     part = name if len(docs) == 1 and doc is event else f"{name[:-5]}-{k:03d}.json"
-                    write_atomic(queue, part, json.dumps({"event": doc}).encode(), durable=False)
+                    write_atomic(
+                        os.path.join(queue, part),
+                        json.dumps({"event": doc}).encode(),
+                        durable=False,
+                    )
             for queue in touched:
                 fsync_dir(queue)
             for worker in self.workers:
@@ -356,7 +348,11 @@ def serve(settings: Settings) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(spool_dir(state_dir), "deliver.pid", b"%d\n" % os.getpid(), durable=False)
+            write_atomic(
+                os.path.join(spool_dir(state_dir), "deliver.pid"),
+                b"%d\n" % os.getpid(),
+                durable=False,
+            )
             log.info("deliverer started", state_dir=state_dir)
             Deliverer(settings).run()
         finally:
@@ -373,7 +369,7 @@ def flush(settings: Settings, timeout: float) -> int:
     fd = acquire(state_dir)
     if fd is None:
         # A deliverer is running: ask it to retry now and wait for the spool to drain.
-        write_atomic(spool_dir(state_dir), WAKE_FILE, b"", durable=False)
+        write_atomic(os.path.join(spool_dir(state_dir), WAKE_FILE), b"", durable=False)
         probe = Deliverer(settings)
         while probe.pending() and time.monotonic() < deadline:
             time.sleep(0.1)
