@@ -7,6 +7,7 @@ while user events pour in.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -14,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 from support.bridge import BridgeNode, bridge_nodes
 from support.handler import serfbridge, spool_files
 from support.ports import wait_for
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from support.serf import SerfClusterFactory
     from support.servers import HttpReceiver
 
+WHSEC = "whsec_" + base64.b64encode(b"digest signing key").decode()
 FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\npoll_interval = 0.02\n"
 
 
@@ -111,8 +114,10 @@ def test_backlog_of_40_failures_is_one_digest(
     node: BridgeNode, http_receiver: HttpReceiver, serfbridge_cmd: list[str]
 ) -> None:
     """40 member-failed events waiting for a Slack sink go as a handful of messages naming
-    every member, instead of 40 messages at one a second."""
-    node.write_config(chat_sink(http_receiver.url) + FAST)
+    every member, instead of 40 messages at one a second; the digest is signed like any
+    request (verified with the standardwebhooks package)."""
+    signed = f'signature = "standard-webhooks"\nhmac_secret = "{WHSEC}"\n'
+    node.write_config(chat_sink(http_receiver.url, extra=signed) + FAST)
     names = [f"m{i:02d}" for i in range(40)]
     capture(node, [failed_doc(n) for n in names])
     proc = serfbridge(serfbridge_cmd, node, "flush", "--timeout", "60")
@@ -122,7 +127,11 @@ def test_backlog_of_40_failures_is_one_digest(
     assert messages[0].startswith("[serf] n1: 40 events: 40 members failed: m00, m01")
     assert sorted(set(re.findall(r"m\d\d", " ".join(messages)))) == names
     assert spool_files(node, "queue", "chat") == []
-    assert http_receiver.requests[0].headers["idempotency-key"].startswith("digest-")
+    first = http_receiver.requests[0]
+    assert first.headers["idempotency-key"].startswith("digest-")
+    assert first.headers["webhook-id"] == first.headers["idempotency-key"]
+    for request in http_receiver.requests:
+        Webhook(WHSEC).verify(request.body, request.headers)
 
 
 def test_rate_without_digest_paces_every_message(
