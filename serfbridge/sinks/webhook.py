@@ -285,8 +285,8 @@ class WebhookSink(Sink):
             return {signing.GITHUB_HEADER: signing.sign_github(secrets[0].encode(), content)}
         if scheme == "standard-webhooks":
             id_header, stamp_header, sig_header = signing.STANDARD_HEADERS
-            sigs = (signing.sign_standard(signing.standard_key(s), msg_id, timestamp, content)
-                    for s in secrets)  # fmt: skip
+            keys = [signing.standard_key(s) for s in secrets]
+            sigs = (signing.sign_standard(key, msg_id, timestamp, content) for key in keys)
             return {id_header: msg_id, stamp_header: timestamp, sig_header: " ".join(sigs)}
         sigs = (signing.sign(s.encode(), timestamp, content) for s in secrets)
         return {
