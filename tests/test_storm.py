@@ -167,6 +167,36 @@ def test_failed_digest_is_retried_and_nothing_is_lost(
     assert spool_files(node, "queue", "chat") == []
 
 
+def test_unreadable_entry_is_not_folded_into_a_digest(
+    node: BridgeNode, http_receiver: HttpReceiver, serfbridge_cmd: list[str]
+) -> None:
+    """A corrupt entry behind the head ends the digest there and is dead-lettered alone;
+    the events around it are delivered. (Entries are placed in the sink's queue directly,
+    as the deliverer's fan-out would, so one can be corrupted.)"""
+    node.write_config(chat_sink(http_receiver.url, "slack", "rate = 20\n") + FAST)
+    capture(node, [failed_doc(f"m{i}") for i in range(6)])
+    queue = node.state / "spool" / "queue" / "chat"
+    incoming = node.state / "spool" / "incoming"
+    queue.mkdir(parents=True)
+    names = sorted(p.name for p in incoming.iterdir())
+    for name in names:
+        entry = json.loads((incoming / name).read_bytes())
+        (queue / name).write_text(json.dumps({"event": entry["event"]}))
+        (incoming / name).unlink()
+    (queue / names[3]).write_text("{not json")
+    proc = serfbridge(serfbridge_cmd, node, "flush", "--timeout", "30")
+    assert proc.returncode == 0, proc.stderr + node.log_tail()
+    messages = texts(http_receiver)
+    assert messages[0].endswith("3 members failed: m0, m1, m2")
+    assert "m3" not in " ".join(messages)
+    # Two left: fewer than digest_after, so one message each.
+    assert [m.split(": ", 1)[1] for m in messages[1:]] == [
+        "member-failed m4 (10.1.0.1)",
+        "member-failed m5 (10.1.0.1)",
+    ]
+    assert spool_files(node, "dead", "chat") == [names[3]]
+
+
 def test_rate_and_digest_after_are_for_chat_formats_only() -> None:
     from pydantic import ValidationError
 

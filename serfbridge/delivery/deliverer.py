@@ -10,8 +10,7 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 (dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
-
-A paced sink (chat) may take several queued entries as one digest message (``Sink.pace``,
+A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
 ``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
 """
 
@@ -112,11 +111,17 @@ class SinkWorker:
             self._sink = None
 
     def _attempt(self, paths: list[str]) -> int:
-        """Send ``paths`` (the head first) as one message; how many of them were covered."""
-        events = []
+        """Send ``paths`` (head first) as one message; how many were covered. An unreadable
+        later entry ends the digest there (it fails alone once it is the head)."""
+        events: list[Any] = []
         for path in paths:
-            with open(path, "rb") as fh:
-                events.append(json.loads(fh.read())["event"])
+            try:
+                with open(path, "rb") as fh:
+                    events.append(json.loads(fh.read())["event"])
+            except (OSError, ValueError, KeyError):
+                if not events:
+                    raise
+                break
         if len(events) == 1:
             self._sink.send(events[0], canonical(events[0]))
             return 1
