@@ -133,6 +133,15 @@ def test_github_signature_verifies(http_receiver: HttpReceiver) -> None:
     assert "webhook-signature" not in request.headers
 
 
+def test_static_headers_cannot_replace_the_signature(http_receiver: HttpReceiver) -> None:
+    forged = {"webhook-signature": "v1,Zm9yZ2Vk", "webhook-id": "other"}
+    doc, request = deliver(
+        http_receiver, signature="standard-webhooks", hmac_secret=NEW, headers=forged
+    )
+    assert request.headers["webhook-id"] == doc["id"]
+    Webhook(NEW).verify(request.body, request.headers, json_parse=False)
+
+
 def test_github_signature_matches_githubs_published_example() -> None:
     """GitHub documents this exact secret, body and signature."""
     expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
