@@ -66,6 +66,7 @@ class RedisSource(Source):
             raise RelayError(f"source {self.name}: bad url: {exc}") from None
         self._stop = threading.Event()
         self._group_ready = False
+        self.connected = False  # until the first reply (a connection error resets both)
         self._server_id = ""
         # entry id -> the writes still owed for it (reply or dead letter, then XACK), for
         # entries that are done with Serf: a retry must not call Serf again.
@@ -109,8 +110,10 @@ class RedisSource(Source):
         while not self._stop.is_set():
             try:
                 self._ensure_group()
+                self.connected = True
                 delay = 0.0 if self._cycle() else min(max(delay * 2, 0.2), 10.0)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.connected = False
                 self._group_ready = False
                 delay = min(max(delay * 2, 0.5), 10.0)
                 log.warning("redis unreachable", source=self.name, error=str(exc), retry_in=delay)
