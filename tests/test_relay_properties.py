@@ -17,7 +17,8 @@ from support.relay import RelayProcess, http_source
 
 from serfbridge.errors import Rejected
 from serfbridge.relay import messages
-from serfbridge.relay.auth import Authenticator, Credentials, sign
+from serfbridge.relay.auth import Authenticator, Credentials
+from serfbridge.signing import sign
 
 if TYPE_CHECKING:
     from collections.abc import Callable

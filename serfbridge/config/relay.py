@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from serfbridge import signing
+
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
 SOURCE_TYPES = ("http", "redis", "mqtt", "local")
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Section(BaseModel):
@@ -74,11 +75,24 @@ class HttpSourceConfig(SourceConfigBase):
         default=10.0, gt=0, le=600, description="Seconds for a request's line and headers."
     )
     body_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for its body.")
+    signature: Literal["serfbridge", "standard-webhooks"] = Field(
+        default="serfbridge",
+        description="Signature headers: X-Serfbridge-*, or Standard Webhooks' webhook-id, "
+        "webhook-timestamp, webhook-signature (hmac_key is then a whsec_ secret).",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSourceConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _standard_key(self) -> HttpSourceConfig:
+        if self.signature == "standard-webhooks":
+            if self.hmac_key is None:
+                raise ValueError('signature = "standard-webhooks" needs hmac_key')
+            signing.standard_key(self.hmac_key.get_secret_value())
         return self
 
 

@@ -10,23 +10,26 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 (dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
+A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
+``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files
-from serfbridge.capture.spool import entry_time, fsync_dir, spool_dir, write_atomic
+from serfbridge.capture import files, jsonenc
+from serfbridge.capture.files import fsync_dir, write_atomic
+from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
 
@@ -43,8 +46,9 @@ def _json_files(directory: str) -> list[str]:
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes: compact, UTF-8, key order kept."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
+    order kept."""
+    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
@@ -64,14 +68,7 @@ class HeadState:
 
     def save(self, queue: str) -> None:
         data = json.dumps(self.__dict__).encode()
-        write_atomic(queue, HEAD_STATE, data, durable=False)
-
-
-def backoff(config: DeliveryConfig, attempts: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), config.backoff_max)
-    ceiling: float = min(config.backoff_max, config.backoff_initial * 2.0 ** (attempts - 1))
-    return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+        write_atomic(os.path.join(queue, HEAD_STATE), data, durable=False)
 
 
 def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
@@ -79,7 +76,7 @@ def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int)
     os.makedirs(target, exist_ok=True)
     name = os.path.basename(src)
     meta = {"sink": sink, "reason": reason, "attempts": attempts, "dead_at": time.time()}
-    write_atomic(target, name[: -len(".json")] + ".reason", json.dumps(meta).encode())
+    write_atomic(os.path.join(target, name[: -len(".json")] + ".reason"), json.dumps(meta).encode())
     os.replace(src, os.path.join(target, name))
     log.error("event dead-lettered", sink=sink, entry=name, attempts=attempts, reason=reason)
 
@@ -101,6 +98,10 @@ class SinkWorker:
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.delivery.backoff_initial, self.delivery.backoff_max, jitter=True)
+
+    @property
     def queue(self) -> str:
         return spool_dir(self.state_dir, "queue", self.config.name)
 
@@ -109,14 +110,34 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, path: str) -> None:
-        with open(path, "rb") as fh:
-            event = json.loads(fh.read())["event"]
+    def _attempt(self, paths: list[str]) -> int:
+        """Send ``paths`` (head first) as one message; how many were covered. An unreadable
+        later entry ends the digest there (it fails alone once it is the head)."""
+        events: list[Any] = []
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    events.append(json.loads(fh.read())["event"])
+            except (OSError, ValueError, KeyError):
+                if not events:
+                    raise
+                break
+        if len(events) == 1:
+            self._sink.send(events[0], canonical(events[0]))
+            return 1
+        return max(1, min(len(events), int(self._sink.send_digest(events))))
+
+    def _batch(self, names: list[str]) -> list[str] | None:
+        """The entries the next send takes, once the sink's rate allows; None on stop."""
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        self._sink.send(event, canonical(event))
+        if (delay := self._sink.pace()) > 0:
+            if self.stop.wait(delay):
+                return None
+            names = _json_files(self.queue)  # what arrived meanwhile can join a digest
+        return names[: max(1, int(self._sink.digest_size(len(names))))]
 
     def step(self, wake: bool) -> bool:
         """Try the head entry once if it is due; False when there is nothing to do now."""
@@ -131,7 +152,10 @@ class SinkWorker:
         if state.next_at > time.time() and not wake and not self.drain:
             return False
         try:
-            self._attempt(path)
+            batch = self._batch(names)
+            if batch is None:
+                return False
+            sent = batch[: self._attempt([os.path.join(self.queue, n) for n in batch])]
         except (SinkError, OSError, ValueError, KeyError) as exc:
             self._failed(path, state, exc)
             return not self.failed
@@ -139,9 +163,10 @@ class SinkWorker:
             log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
-        os.unlink(path)
-        self.delivered += 1
-        log.debug("delivered", sink=self.config.name, entry=head)
+        for name in sent:
+            os.unlink(os.path.join(self.queue, name))
+        self.delivered += len(sent)
+        log.debug("delivered", sink=self.config.name, entry=head, entries=len(sent))
         return True
 
     def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
@@ -160,7 +185,7 @@ class SinkWorker:
                 self.state_dir, self.config.name, path, f"{why}: {state.last_error}", state.attempts
             )
             return
-        delay = backoff(self.delivery, state.attempts, getattr(exc, "retry_after", None))
+        delay = self.backoff.delay(state.attempts, getattr(exc, "retry_after", None))
         state.next_at = time.time() + delay
         state.save(self.queue)
         log.warning(
@@ -222,7 +247,7 @@ class Deliverer:
                 touched.add(queue)
                 cfg = self.sinks.get(sink_name)
                 if cfg is None:
-                    write_atomic(queue, name, json.dumps({"event": event}).encode())
+                    write_atomic(os.path.join(queue, name), json.dumps({"event": event}).encode())
                     dead_letter(
                         self.state_dir,
                         sink_name,
@@ -234,7 +259,11 @@ class Deliverer:
                 docs = self._membership.mine(event) if cfg.once else [event]
                 for k, doc in enumerate(docs):
                     part = name if len(docs) == 1 and doc is event else f"{name[:-5]}-{k:03d}.json"
-                    write_atomic(queue, part, json.dumps({"event": doc}).encode(), durable=False)
+                    write_atomic(
+                        os.path.join(queue, part),
+                        json.dumps({"event": doc}).encode(),
+                        durable=False,
+                    )
             for queue in touched:
                 fsync_dir(queue)
             for worker in self.workers:
@@ -324,7 +353,11 @@ def serve(settings: Settings) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(spool_dir(state_dir), "deliver.pid", b"%d\n" % os.getpid(), durable=False)
+            write_atomic(
+                os.path.join(spool_dir(state_dir), "deliver.pid"),
+                b"%d\n" % os.getpid(),
+                durable=False,
+            )
             log.info("deliverer started", state_dir=state_dir)
             Deliverer(settings).run()
         finally:
@@ -341,7 +374,7 @@ def flush(settings: Settings, timeout: float) -> int:
     fd = acquire(state_dir)
     if fd is None:
         # A deliverer is running: ask it to retry now and wait for the spool to drain.
-        write_atomic(spool_dir(state_dir), WAKE_FILE, b"", durable=False)
+        write_atomic(os.path.join(spool_dir(state_dir), WAKE_FILE), b"", durable=False)
         probe = Deliverer(settings)
         while probe.pending() and time.monotonic() < deadline:
             time.sleep(0.1)

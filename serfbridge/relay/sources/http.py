@@ -11,7 +11,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from serfbridge import log
+from serfbridge import log, signing
 from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.httpserver import HttpServer, Request, Response
@@ -89,11 +89,21 @@ class HttpSource(Source):
         body = self._body(request)
         headers = request.headers
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        creds = Credentials(
-            token=token.strip() if scheme.lower() == "bearer" else None,
-            timestamp=headers.get(TIMESTAMP_HEADER.lower()),
-            signature=headers.get(SIGNATURE_HEADER.lower()),
-        )
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        if self.config.signature == "standard-webhooks":
+            msg_id, stamp, signature = (h.lower() for h in signing.STANDARD_HEADERS)
+            creds = Credentials(
+                token=bearer,
+                timestamp=headers.get(stamp),
+                signature=headers.get(signature),
+                msg_id=headers.get(msg_id),
+            )
+        else:
+            creds = Credentials(
+                token=bearer,
+                timestamp=headers.get(TIMESTAMP_HEADER.lower()),
+                signature=headers.get(SIGNATURE_HEADER.lower()),
+            )
         _, reply = self.gate.handle(body, creds, default_type=kind, peer=request.peer)
         if reply is None:
             return _json(202, {"accepted": True})

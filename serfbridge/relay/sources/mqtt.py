@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
@@ -75,7 +76,9 @@ class MqttSource(Source):
             self.client.username_pw_set(cfg.username, pw)
         if tls:
             self.client.tls_set()
+        self.connected = False
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 10)
         self._stop = threading.Event()
@@ -92,11 +95,18 @@ class MqttSource(Source):
 
     def _on_connect(self, client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
+            self.connected = False
             log.warning("mqtt connect refused", source=self.name, reason=str(reason))
             return
+        self.connected = True
         client.subscribe(self.config.topic, qos=self.config.qos)
         self.subscribed.set()
         log.info("mqtt source subscribed", source=self.name, topic=self.config.topic)
+
+    def _on_disconnect(self, _client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("mqtt connection lost", source=self.name, reason=str(reason))
 
     def _on_message(self, _client: Any, _ud: Any, msg: Any) -> None:
         # paho's network thread must not wait for a query's full timeout.
@@ -121,15 +131,14 @@ class MqttSource(Source):
             log.error("mqtt message failed", source=self.name, topic=msg.topic, error=repr(exc))
 
     def _handle_one(self, msg: Any) -> None:
-        delay = 0.2
+        retry = Backoff(0.2, 10.0)
         while True:
             try:
                 parsed, reply = self.gate.handle(msg.payload, self._creds(msg))
                 break
             except Rejected as exc:
                 if exc.reason in RETRYABLE and not self._stop.is_set():
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
+                    self._stop.wait(retry.failed())
                     if self._stop.is_set():
                         return  # not acked: the broker redelivers
                     continue

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay import messages
 from serfbridge.relay.auth import Credentials
@@ -74,6 +75,7 @@ class RedisSource(Source):
             raise RelayError(f"source {self.name}: bad url: {exc}") from None
         self._stop = threading.Event()
         self._group_ready = False
+        self.connected = False  # until the first reply (a connection error resets both)
         self._server_id = ""
         # entry id -> the writes still owed for it (reply or dead letter, then XACK), for
         # entries that are done with Serf: a retry must not call Serf again.
@@ -119,20 +121,28 @@ class RedisSource(Source):
     def _run(self) -> None:
         import redis
 
-        delay = 0.0
+        # An empty read backs off gently; a broken connection or a bug, further.
+        idle, unreachable, failing = Backoff(0.2, 10.0), Backoff(0.5, 10.0), Backoff(0.5, 30.0)
         while not self._stop.is_set():
+            delay = 0.0
             try:
                 self._ensure_group()
-                delay = 0.0 if self._cycle() else min(max(delay * 2, 0.2), 10.0)
+                self.connected = True
+                if self._cycle():
+                    for backoff in (idle, unreachable, failing):
+                        backoff.reset()
+                else:
+                    delay = idle.failed()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.connected = False
                 self._group_ready = False
-                delay = min(max(delay * 2, 0.5), 10.0)
+                delay = unreachable.failed()
                 log.warning("redis unreachable", source=self.name, error=str(exc), retry_in=delay)
             except redis.RedisError as exc:
-                delay = min(max(delay * 2, 0.5), 30.0)
+                delay = failing.failed()
                 log.error("redis error", source=self.name, error=str(exc), retry_in=delay)
             except Exception as exc:  # noqa: BLE001 - a bug must not silently end the source
-                delay = min(max(delay * 2, 0.5), 30.0)
+                delay = failing.failed()
                 log.error("redis source failed", source=self.name, error=repr(exc), retry_in=delay)
             if delay:
                 self._stop.wait(delay)
