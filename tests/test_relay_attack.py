@@ -163,6 +163,7 @@ def test_rfc_headers(setup: Setup) -> None:
     )  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)  # noqa: S310 - loopback
+    caught.value.close()
     assert caught.value.code == 429
     assert caught.value.headers["Retry-After"] == "1"
 

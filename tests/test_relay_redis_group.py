@@ -66,7 +66,8 @@ def _recorded(recorder: RelayProcess) -> list[bytes]:
     path = recorder.state / "events.jsonl"
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # The recorder is still appending: a last line without its newline is not written yet.
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
     return [json.loads(line)["payload"].encode() for line in lines]
 
 
