@@ -28,6 +28,7 @@ from serfbridge.capture import filters, paths, render, when
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
+from serfbridge.sinks.amqp import AmqpSinkConfig
 from serfbridge.sinks.base import When
 from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
@@ -46,7 +47,8 @@ SinkConfig = Annotated[
     | MqttSinkConfig
     | RedisSinkConfig
     | CommandSinkConfig
-    | MembersSinkConfig,
+    | MembersSinkConfig
+    | AmqpSinkConfig,
     Field(discriminator="type"),
 ]
 
