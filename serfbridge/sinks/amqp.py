@@ -46,6 +46,25 @@ AmqpFormat = Literal["json", "cloudevents", "cloudevents-binary"]
 CE_HEADER_PREFIX = "cloudEvents:"
 
 
+def check_url(value: str) -> str:
+    """Validate an ``amqp[s]://`` URL (the sink's and the relay source's ``url``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not value.startswith(("amqp://", "amqps://")):
+        raise ValueError("url must start with amqp:// or amqps://")
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError(f"url has an invalid port: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("url has no host: amqp://user:pass@host:5672/vhost")
+    unknown = set(parse_qs(parts.query)) - {"heartbeat", "channel_max", "frame_max"}
+    if unknown:
+        raise ValueError(f"url query may set heartbeat, channel_max, frame_max: not {unknown}")
+    return value
+
+
 class AmqpSinkConfig(SinkConfigBase):
     type: Literal["amqp"]
     url: str = Field(description="amqp://user:pass@host:5672/vhost or amqps://...")
@@ -63,21 +82,7 @@ class AmqpSinkConfig(SinkConfigBase):
     @field_validator("url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        from urllib.parse import parse_qs, urlsplit
-
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("url must start with amqp:// or amqps://")
-        parts = urlsplit(value)
-        try:
-            parts.port  # noqa: B018 - parsing the port is the check
-        except ValueError as exc:
-            raise ValueError(f"url has an invalid port: {exc}") from None
-        if not parts.hostname:
-            raise ValueError("url has no host: amqp://user:pass@host:5672/vhost")
-        unknown = set(parse_qs(parts.query)) - {"heartbeat", "channel_max", "frame_max"}
-        if unknown:
-            raise ValueError(f"url query may set heartbeat, channel_max, frame_max: not {unknown}")
-        return value
+        return check_url(value)
 
     @field_validator("routing_key")
     @classmethod
@@ -206,7 +211,7 @@ class AmqpSink(Sink):
         except px.ProbableAccessDeniedError as exc:
             raise SinkUnavailable(f"{self.where}: access to the vhost refused: {exc}") from exc
         except (px.AMQPError, AMQPConnectorException, OSError, ValueError) as exc:
-            raise SinkUnavailable(f"cannot connect to {self.where}: {_text(exc)}") from exc
+            raise SinkUnavailable(f"cannot connect to {self.where}: {describe(exc)}") from exc
         self._conn = conn
         with self._mapped("opening a channel"):
             channel = conn.channel()
@@ -316,10 +321,10 @@ class _Mapped:
             error = SinkRejected if exc.reply_code == _REFUSED_MESSAGE else SinkUnavailable
             raise error(f"{where}: {exc.reply_code} {exc.reply_text}") from exc
         if isinstance(exc, px.AMQPError | OSError):
-            raise SinkUnavailable(f"{where}: {_text(exc)}") from exc
+            raise SinkUnavailable(f"{where}: {describe(exc)}") from exc
 
 
-def _text(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """pika's exceptions often have an empty str(): name the class then."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
