@@ -290,11 +290,12 @@ def test_amqp_refused_messages_are_dead_lettered(
     _publish(channel, relay_env.queue, {"type": "event", "name": "deploy", "payload": "after"})
     relay_env.seen_everywhere("after")
     dead: list[dict[str, Any]] = []
-    wait_for(
-        lambda: dead.extend(rabbitmq.docs(relay_env.queue + ".dead")) or len(dead) >= 2,
-        timeout=10,
-        what="two dead letters",
-    )
+
+    def two_dead() -> bool:
+        dead.extend(rabbitmq.docs(relay_env.queue + ".dead"))
+        return len(dead) >= 2
+
+    wait_for(two_dead, timeout=10, what="two dead letters")
     assert sorted(d["reason"] for d in dead) == ["malformed", "not_allowed"]
     assert relay_env.metric(
         "serfbridge_relay_messages_rejected_total", source="amqp", reason="not_allowed"
