@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ from serfbridge.sinks.amqp import AmqpSink, AmqpSinkConfig, display
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from pika.adapters.blocking_connection import BlockingChannel
     from support.rabbitmq import RabbitMQServer
@@ -331,3 +333,32 @@ def test_module_import_does_not_load_pika() -> None:
     result = run_cli([sys.executable, "-c", code], env=clean_environ(), timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_check_connect_command(
+    rabbitmq: RabbitMQServer, serfbridge_cmd: list[str], tmp_path: Path
+) -> None:
+    """`serfbridge check --connect`: reachable with the right exchange (exit 0); a missing
+    exchange and a wrong password are each named UNREACHABLE (exit 6), the password unshown."""
+    config = tmp_path / "serfbridge.toml"
+
+    def check(body: str) -> tuple[int, str]:
+        config.write_text(f'state_dir = "{tmp_path / "state"}"\n' + body)
+        argv = [*serfbridge_cmd, "--config", str(config), "check", "--connect"]
+        result = run_cli(argv, env=clean_environ(), timeout=60)
+        return result.returncode, result.stdout + result.stderr
+
+    good = f'[[sinks]]\ntype = "amqp"\nname = "rabbit"\nurl = "{rabbitmq.url()}"\n'
+    code, out = check(good)
+    assert code == 0, out
+    assert re.search(r"^sink rabbit: type=amqp .*: reachable$", out, re.M), out
+    bad = (
+        f'[[sinks]]\ntype = "amqp"\nname = "gone"\nurl = "{rabbitmq.url()}"\nexchange = "nope"\n'
+        f'[[sinks]]\ntype = "amqp"\nname = "badpw"\n'
+        f'url = "{rabbitmq.url(user=(ADMIN[0], "wr0ng-pw"))}"\n'
+    )
+    code, out = check(bad)
+    assert code == 6, out
+    assert re.search(r"^sink gone: .*: UNREACHABLE: .*NOT_FOUND", out, re.M), out
+    assert re.search(r"^sink badpw: .*: UNREACHABLE: .*login", out, re.M), out
+    assert "wr0ng-pw" not in out
