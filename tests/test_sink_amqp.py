@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from support.ports import LOOPBACK, free_port
 from support.proc import clean_environ, run_cli
-from support.rabbitmq import ADMIN, LIMITED
+from support.rabbitmq import ADMIN, LIMITED, WRITER
 from test_sink_redis import member_event, user_event
 
 from serfbridge.errors import SinkRejected, SinkUnavailable
@@ -222,6 +222,14 @@ def test_no_write_permission_is_unavailable(rabbitmq: RabbitMQServer) -> None:
         error, _ = send_timed(sink, *user_event())
     assert isinstance(error, SinkUnavailable)
     assert "ACCESS_REFUSED" in str(error)
+
+
+def test_least_privilege_user_publishes(rabbitmq: RabbitMQServer, queue: str) -> None:
+    """Write permission on amq.topic alone is enough (docs/sink-amqp.md): check and send."""
+    AmqpSink(make_config(rabbitmq.url(user=WRITER))).check()
+    with AmqpSink(make_config(rabbitmq.url(user=WRITER))) as sink:
+        sink.send(*user_event())
+    assert len(sent(rabbitmq, queue)) == 1
 
 
 def test_too_long_routing_key_is_rejected(rabbitmq: RabbitMQServer) -> None:

@@ -35,6 +35,7 @@ _NODE_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Users created at boot from the definitions file: (name, password, tags).
 ADMIN = ("serf", "serf-pass")
 LIMITED = ("reader", "reader-pass")  # may only read, on vhost "/" only
+WRITER = ("writer", "writer-pass")  # docs/sink-amqp.md's least privilege: write on amq.topic
 VHOSTS = ("/", "serf")
 #: Queue bound to amq.topic with "serf.#" in every vhost, for the sinks' default routing.
 EVENTS_QUEUE = "serf-events"
@@ -62,11 +63,19 @@ def _definitions() -> dict[str, Any]:
         "users": [
             _user(*admin, tags=["administrator"]),
             _user(*limited, tags=[]),
+            _user(*WRITER, tags=[]),
         ],
         "vhosts": [{"name": v} for v in VHOSTS],
         "permissions": [
             *({"user": admin[0], "vhost": v, **full} for v in VHOSTS),
             {"user": limited[0], "vhost": "/", "configure": "^$", "write": "^$", "read": ".*"},
+            {
+                "user": WRITER[0],
+                "vhost": "/",
+                "configure": "^$",
+                "write": r"^amq\.topic$",
+                "read": "^$",
+            },
         ],
     }
 
