@@ -36,6 +36,7 @@ NAMES = ["n1", "n2", "n3"]
 FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_interval": "1s"}
 FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\n"
 RESPONDER = '[[responders]]\nquery = "load"\ntext = "load from {node} payload={payload}"\n'
+PREFETCH = 3
 TYPES = {"member-join", "user", "query", "member-update", "member-leave", "member-failed",
          "member-reap"}  # fmt: skip
 
@@ -218,6 +219,7 @@ def relay_env(
         f'[relay]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
         f'[[sources]]\ntype = "amqp"\nurl = "{rabbitmq.url()}"\nqueue = "{queue}"\n'
         f'dead_letter = "{queue}.dead"\nallow_events = ["deploy"]\nallow_queries = ["load"]\n'
+        f"prefetch = {PREFETCH}\n"
     )
     relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=cluster[0].rpc_addr)
     try:
@@ -302,3 +304,34 @@ def test_amqp_refused_messages_are_dead_lettered(
     )
     for node in relay_env.nodes.values():
         assert not [e for e in node.events() if e.get("name") == "rm-rf"]
+
+
+def test_amqp_holds_messages_unacked_while_serf_is_down(
+    relay_env: RelayEnv, channel: BlockingChannel
+) -> None:
+    """The relay's agent is killed: the relay takes only `prefetch` messages off the queue and
+    acknowledges none of them; the agent comes back: every message is raised on every node."""
+    agent = relay_env.cluster[0]
+    agent.kill9()
+    payloads = [f"held-{i}" for i in range(8)]
+    for payload in payloads:
+        _publish(channel, relay_env.queue, {"type": "event", "name": "deploy", "payload": payload})
+
+    def ready() -> int:
+        return int(channel.queue_declare(relay_env.queue, passive=True).method.message_count)
+
+    wait_for(
+        lambda: relay_env.metric(
+            "serfbridge_relay_messages_rejected_total", source="amqp", reason="serf_unavailable"
+        ),
+        timeout=20,
+        what="the relay to find Serf unavailable",
+    )
+    time.sleep(2.0)  # a relay that acked or over-fetched would have taken more by now
+    assert ready() == len(payloads) - PREFETCH
+    agent.start()
+    agent.serf("join", relay_env.cluster[1].bind_addr, check=True)
+    relay_env.cluster.wait_converged()
+    for payload in payloads:
+        relay_env.seen_everywhere(payload, timeout=60)
+    wait_for(lambda: ready() == 0, timeout=20, what="the queue to drain")

@@ -147,12 +147,19 @@ def spawn_deliverer(config: str | None) -> None:
     Windows.
     """
     argv = deliverer_argv(config)
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        # A PyInstaller onefile child otherwise reuses this process's unpacked files, which the
+        # bootloader deletes when the handler exits: a deliverer still importing its sink's
+        # client (pika, paho, redis) then dies. The reset makes it unpack its own copy.
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
     if sys.platform == "win32":
         import subprocess
 
         flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
         subprocess.Popen(
             argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -164,7 +171,7 @@ def spawn_deliverer(config: str | None) -> None:
     os.posix_spawn(
         argv[0],
         argv,
-        os.environ,
+        env,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),
