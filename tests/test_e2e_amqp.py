@@ -20,6 +20,8 @@ from support.handler import spool_files
 from support.ports import free_port, wait_for
 from support.relay import RelayProcess, get_text, metric
 
+from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -37,6 +39,8 @@ FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_in
 FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\n"
 RESPONDER = '[[responders]]\nquery = "load"\ntext = "load from {node} payload={payload}"\n'
 PREFETCH = 3
+HMAC_KEY = "amqp-signing-key"
+TOKEN = "amqp-t0ken"  # noqa: S105 - test value
 TYPES = {"member-join", "user", "query", "member-update", "member-leave", "member-failed",
          "member-reap"}  # fmt: skip
 
@@ -220,14 +224,20 @@ def relay_env(
         f'[[sources]]\ntype = "amqp"\nurl = "{rabbitmq.url()}"\nqueue = "{queue}"\n'
         f'dead_letter = "{queue}.dead"\nallow_events = ["deploy"]\nallow_queries = ["load"]\n'
         f"prefetch = {PREFETCH}\n"
+        f'[[sources]]\ntype = "amqp"\nname = "signed"\nurl = "{rabbitmq.url()}"\n'
+        f'queue = "{queue}.signed"\ndead_letter = "{queue}.dead"\nallow_events = ["deploy"]\n'
+        f'hmac_key = "{HMAC_KEY}"\nrequire_signature = true\n'
+        f'[[sources]]\ntype = "amqp"\nname = "token"\nurl = "{rabbitmq.url()}"\n'
+        f'queue = "{queue}.token"\ndead_letter = "{queue}.dead"\nallow_events = ["deploy"]\n'
+        f'token = "{TOKEN}"\n'
     )
     relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=cluster[0].rpc_addr)
     try:
         relay.start()
         wait_for(
-            lambda: "amqp source consuming" in relay.log_text(),
-            timeout=20,
-            what="the amqp source to consume",
+            lambda: relay.log_text().count("amqp source consuming") >= 3,
+            timeout=30,
+            what="the three amqp sources to consume",
             detail=relay.log_tail,
         )
         yield RelayEnv(cluster, nodes, relay, metrics, queue)
@@ -335,3 +345,50 @@ def test_amqp_holds_messages_unacked_while_serf_is_down(
     for payload in payloads:
         relay_env.seen_everywhere(payload, timeout=60)
     wait_for(lambda: ready() == 0, timeout=20, what="the queue to drain")
+
+
+def test_amqp_authentication_by_headers(
+    relay_env: RelayEnv, rabbitmq: RabbitMQServer, channel: BlockingChannel
+) -> None:
+    """Signature headers (X-Serfbridge-Timestamp/-Signature) and a token header go through the
+    same checks as on HTTP: valid ones raise the event, the rest are dead-lettered by reason."""
+    signed, tokened = relay_env.queue + ".signed", relay_env.queue + ".token"
+    dead_queue = relay_env.queue + ".dead"
+    channel.queue_declare(dead_queue, durable=True)
+
+    def event(payload: str) -> bytes:
+        return json.dumps({"type": "event", "name": "deploy", "payload": payload}).encode()
+
+    def send(queue: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        channel.basic_publish("", queue, body, pika.BasicProperties(headers=headers))
+
+    stamp = str(int(time.time()))
+    good = event("signed-ok")
+    send(
+        signed,
+        good,
+        {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(HMAC_KEY.encode(), stamp, good)},
+    )
+    send(signed, event("unsigned"))
+    forged = event("forged")
+    send(signed, forged, {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(b"other", stamp, forged)})
+    send(tokened, event("token-ok"), {"token": TOKEN})
+    send(tokened, event("token-bad"), {"token": "nope"})
+    relay_env.seen_everywhere("signed-ok")
+    relay_env.seen_everywhere("token-ok")
+    dead: list[dict[str, Any]] = []
+
+    def three_dead() -> bool:
+        dead.extend(rabbitmq.docs(dead_queue))
+        return len(dead) >= 3
+
+    wait_for(three_dead, timeout=15, what="three dead letters")
+    reasons = sorted((json.loads(d["data"])["payload"], d["reason"]) for d in dead)
+    assert reasons == [
+        ("forged", "bad_signature"),
+        ("token-bad", "unauthorized"),
+        ("unsigned", "unauthorized"),
+    ]
+    for node in relay_env.nodes.values():
+        payloads = {e["payload"] for e in node.events()}
+        assert not payloads & {"unsigned", "forged", "token-bad"}

@@ -51,7 +51,7 @@ DRAIN_GRACE = 5.0  # seconds a stopping source waits for messages in progress, p
 
 def _header(headers: dict[str, Any], name: str) -> str | None:
     for key, value in headers.items():
-        if key.lower() == name.lower():
+        if key.lower() == name.lower() and value is not None:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None
 
