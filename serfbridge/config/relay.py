@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
 SOURCE_TYPES = ("http", "redis", "mqtt", "local", "amqp")
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Section(BaseModel):
