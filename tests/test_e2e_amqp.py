@@ -20,7 +20,8 @@ from support.handler import spool_files
 from support.ports import free_port, wait_for
 from support.relay import RelayProcess, get_text, metric
 
-from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from serfbridge.signing import sign
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
