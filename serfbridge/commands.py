@@ -114,6 +114,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
+    log.follow_rotation()
     serve(settings)
     return EXIT_OK
 
@@ -193,6 +194,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     # Refusals go to stderr, where the operator starting the relay looks.
     check_listeners(settings)
     _configure_log(settings)
+    log.follow_rotation()
     path = paths.config_path(args.config)
     serve(settings, path if os.path.exists(path) else None)
     return EXIT_OK

@@ -261,6 +261,7 @@ def test_amqp_event_raises_on_every_node(relay_env: RelayEnv, channel: BlockingC
         what="the message to be acknowledged",
     )
     assert relay_env.metric("serfbridge_relay_messages_out_total", source="amqp", type="event")
+    assert relay_env.metric("serfbridge_relay_source_up", source="amqp") == 1
 
 
 def test_amqp_rpc_query_gets_every_answer(relay_env: RelayEnv, rabbitmq: RabbitMQServer) -> None:

@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
@@ -64,7 +65,7 @@ class AmqpSource(Source):
         self._stop = threading.Event()
         self.consuming = threading.Event()
         self._inflight = 0
-        self._conn: pika.BlockingConnection | None = None
+        self.connected = False  # until consuming (serfbridge_relay_source_up)
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix=f"source {self.name}")
         self.thread = threading.Thread(target=self._run, name=f"source {self.name}", daemon=True)
         self.thread.start()
@@ -80,17 +81,17 @@ class AmqpSource(Source):
         from pika.adapters.utils.connection_workflow import AMQPConnectorException
         from pika.exceptions import AMQPError
 
-        delay = 0.0
-        cap = self.relay.config.reconnect_max
+        backoff = Backoff(0.5, self.relay.config.reconnect_max)
         while not self._stop.is_set():
+            delay = 0.0
             try:
                 self._session()
-                delay = 0.0
+                backoff.reset()
             except (AMQPError, AMQPConnectorException, OSError) as exc:
-                delay = min(max(delay * 2, 0.5), cap)
+                delay = backoff.failed()
                 log.warning("amqp unreachable", source=self.name, error=_text(exc), retry_in=delay)
             except Exception as exc:  # noqa: BLE001 - a bug must not silently end the source
-                delay = min(max(delay * 2, 0.5), cap)
+                delay = backoff.failed()
                 log.error("amqp source failed", source=self.name, error=repr(exc), retry_in=delay)
             if delay:
                 self._stop.wait(delay)
@@ -102,12 +103,13 @@ class AmqpSource(Source):
 
         cfg = self.config
         conn = pika.BlockingConnection(parameters(cfg.url, cfg.timeout, cfg.ca_certs))
-        self._conn, self._inflight = conn, 0
+        self._inflight = 0
         try:
             channel = conn.channel()
             channel.basic_qos(prefetch_count=cfg.prefetch)
             channel.queue_declare(cfg.queue, durable=True, passive=not cfg.declare)
             tag = channel.basic_consume(cfg.queue, partial(self._on_message, conn))
+            self.connected = True
             self.consuming.set()
             log.info("amqp source consuming", source=self.name, queue=cfg.queue)
             while not self._stop.is_set():
@@ -117,8 +119,8 @@ class AmqpSource(Source):
             while self._inflight and time.monotonic() < deadline:
                 conn.process_data_events(time_limit=0.1)
         finally:
+            self.connected = False
             self.consuming.clear()
-            self._conn = None
             close_bounded(conn)
 
     def _on_message(
@@ -168,7 +170,7 @@ class AmqpSource(Source):
         )
         cfg = self.config
         origin = f"amqp\0{cfg.queue}\0{props.message_id}" if props.message_id else None
-        delay = 0.2
+        retry = Backoff(0.2, 10.0)
         while True:
             try:
                 msg, reply = self.gate.handle(body, creds, origin=origin)
@@ -176,9 +178,8 @@ class AmqpSource(Source):
             except Rejected as exc:
                 if exc.reason not in RETRYABLE:
                     return self._refused(exc, body)
-                if self._stop.wait(delay):
+                if self._stop.wait(retry.failed()):
                     return None
-                delay = min(delay * 2, 10.0)
         if reply is None:
             return "ack", None
         target = props.reply_to or msg.reply_to
