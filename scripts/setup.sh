@@ -25,6 +25,7 @@ apt_install() {
 
 if [ "$EXTRA" = "test" ]; then
     apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl
+    apt_install nats-server:nats-server  # the NATS sink and relay source tests
 else
     apt_install serf:serf
 fi

@@ -33,6 +33,7 @@ from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
 from serfbridge.sinks.members import MembersSinkConfig
 from serfbridge.sinks.mqtt import MqttSinkConfig
+from serfbridge.sinks.nats import NatsSinkConfig
 from serfbridge.sinks.redis import RedisSinkConfig
 from serfbridge.sinks.webhook import WebhookSinkConfig
 
@@ -46,7 +47,8 @@ SinkConfig = Annotated[
     | MqttSinkConfig
     | RedisSinkConfig
     | CommandSinkConfig
-    | MembersSinkConfig,
+    | MembersSinkConfig
+    | NatsSinkConfig,
     Field(discriminator="type"),
 ]
 

@@ -1,0 +1,105 @@
+"""A real `nats-server -js` on a free loopback port, and a small nats-py client to observe it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+from .ports import LOOPBACK, free_port
+from .proc import ManagedProcess, require_binary
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+    from pathlib import Path
+
+    from nats.aio.client import Client
+
+
+class NatsServer(ManagedProcess):
+    """`nats-server` with JetStream, its store in ``workdir/store`` (kept across restarts).
+
+    ``extra_config`` lines go into the server's config file (an ``authorization { ... }``
+    block, say). ``stop()`` then ``start()`` reuses the port and the store, as a restart of a
+    production server would.
+    """
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_config: Iterable[str] = ()
+    ) -> None:
+        super().__init__("nats", workdir)
+        self.binary = require_binary("nats-server", "nats-server")
+        self.port = port or free_port()
+        self.monitor_port = free_port()
+        self.extra_config = list(extra_config)
+        self.config_path = workdir / "nats.conf"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    def prepare(self) -> None:
+        store = self.workdir / "store"
+        lines = [
+            f"listen: {LOOPBACK}:{self.port}",
+            f"http: {LOOPBACK}:{self.monitor_port}",
+            f'jetstream {{ store_dir: "{store}" }}',
+            *self.extra_config,
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def argv(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
+
+    def is_ready(self) -> bool:
+        """Ready when the monitor says JetStream is up (the client port opens earlier)."""
+        url = f"http://{LOOPBACK}:{self.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as reply:
+                return bool(json.load(reply).get("status") == "ok")
+        except (OSError, ValueError):
+            return False
+
+    # -- observing, with nats-py as an ordinary client ---------------------------------------
+
+    def call(self, work: Callable[[Client], Awaitable[Any]], **options: Any) -> Any:
+        """Connect, run ``work(client)``, close: one synchronous round for a test."""
+        import nats
+
+        async def run() -> Any:
+            client = await nats.connect(
+                self.url, connect_timeout=5, allow_reconnect=False, **options
+            )
+            try:
+                return await work(client)
+            finally:
+                await client.close()
+
+        return asyncio.run(run())
+
+    def add_stream(self, name: str, subjects: list[str], **config: Any) -> None:
+        async def work(client: Client) -> None:
+            await client.jetstream().add_stream(name=name, subjects=subjects, **config)
+
+        self.call(work)
+
+    def stream_messages(self, name: str) -> list[tuple[dict[str, str], bytes]]:
+        """Every message the stream holds: (headers, payload), in stream order."""
+
+        async def work(client: Client) -> list[tuple[dict[str, str], bytes]]:
+            js = client.jetstream()
+            state = (await js.stream_info(name)).state
+            out = []
+            if state.messages:
+                for seq in range(state.first_seq, state.last_seq + 1):
+                    msg = await js.get_msg(name, seq)
+                    out.append((dict(msg.headers or {}), msg.data or b""))
+            return out
+
+        result: list[tuple[dict[str, str], bytes]] = self.call(work)
+        return result
+
+    def event_docs(self, stream: str) -> list[dict[str, Any]]:
+        """The event documents a nats sink (format json) put into ``stream``."""
+        return [json.loads(data) for _, data in self.stream_messages(stream)]
