@@ -103,3 +103,43 @@ class NatsServer(ManagedProcess):
     def event_docs(self, stream: str) -> list[dict[str, Any]]:
         """The event documents a nats sink (format json) put into ``stream``."""
         return [json.loads(data) for _, data in self.stream_messages(stream)]
+
+
+class Collector:
+    """A core NATS subscriber on its own loop thread: every message published on ``subject``
+    (what senders sent, before any JetStream dedupe)."""
+
+    def __init__(self, url: str, subject: str) -> None:
+        import threading
+
+        self.messages: list[tuple[str, dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._subscribe(url, subject), self._loop)
+        self._client: Client = future.result(10)
+
+    async def _subscribe(self, url: str, subject: str) -> Client:
+        import nats
+
+        async def on_msg(msg: Any) -> None:
+            with self._lock:
+                self.messages.append((msg.subject, dict(msg.headers or {}), msg.data))
+
+        client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1)
+        await client.subscribe(subject, cb=on_msg)
+        await client.flush()
+        return client
+
+    def docs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(data) for _, _, data in self.messages]
+
+    def close(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
+        future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
