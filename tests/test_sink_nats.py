@@ -320,3 +320,17 @@ def test_cloudevents_binary(nats_server: NatsServer, stream: str) -> None:
     assert ce.get_subject() == "dé ploy"
     assert ce.get_id() == event["id"]
     assert ce.get_specversion() == "1.0"
+
+
+def test_creds_file_login(tmp_path: Path) -> None:
+    """A .creds file (user JWT + seed) logs in to a server in operator mode; a user of an
+    account the server does not trust is refused, and retried."""
+    from support.nats import operator_mode
+
+    config, good, bad = operator_mode(tmp_path / "creds")
+    with NatsServer(tmp_path / "operator", extra_config=config) as server:
+        server.start()
+        with NatsSink(make_config(server.url, creds=str(good))) as sink:
+            sink.send(*user_event())
+        with pytest.raises(SinkUnavailable, match="cannot connect"):
+            NatsSink(make_config(server.url, creds=str(bad))).check()

@@ -143,3 +143,76 @@ class Collector:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+# -- decentralized auth: an operator, one account, one user (.creds) ---------------------------
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keypair(prefix: int) -> tuple[bytes, Any]:
+    import os
+
+    import nkeys  # type: ignore[import-untyped]
+
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    return seed, nkeys.from_seed(bytearray(seed))
+
+
+def _jwt(signer: Any, subject: str, name: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (header, claims, ed25519 signature by ``signer``), as nsc writes them."""
+    import base64
+    import hashlib
+    import time
+
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body: dict[str, Any] = {"jti": "", "iat": int(time.time()), "iss": signer.public_key.decode(),
+                            "name": name, "sub": subject, "nats": claims}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(body).encode()).digest()
+    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    payload = _b64(json.dumps(body).encode())
+    signature = signer.sign(f"{header}.{payload}".encode())
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+def operator_mode(workdir: Path) -> tuple[list[str], Path, Path]:
+    """Server config lines trusting a new operator with one account, the path of a valid
+    user ``.creds`` file of that account, and one of an account the server does not know."""
+    import nkeys
+
+    _, operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    op_pub = operator.public_key.decode()
+    op_jwt = _jwt(operator, op_pub, "operator", {"type": "operator", "version": 2})
+    limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+              "wildcards": True, "conn": -1, "leaf": -1}  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    preload: dict[str, str] = {}
+    for name in ("system", "known", "unknown"):
+        _, account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+        acc_pub = account.public_key.decode()
+        acc_jwt = _jwt(operator, acc_pub, name, {"limits": limits, "type": "account",
+                                                 "version": 2})  # fmt: skip
+        if name != "unknown":
+            preload[name] = f'{acc_pub}: "{acc_jwt}"'
+        if name == "system":
+            # JetStream needs a system account in operator mode.
+            system = acc_pub
+            continue
+        seed, user = _keypair(nkeys.PREFIX_BYTE_USER)
+        user_claims = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                       "type": "user", "version": 2}  # fmt: skip
+        user_jwt = _jwt(account, user.public_key.decode(), "serfbridge", user_claims)
+        path = workdir / f"{name}.creds"
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        paths.append(path)
+    lines = [f'operator: "{op_jwt}"', f"system_account: {system}", "resolver: MEMORY",
+             f"resolver_preload: {{ {', '.join(preload.values())} }}"]  # fmt: skip
+    return lines, paths[0], paths[1]
