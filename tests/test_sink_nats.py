@@ -334,3 +334,17 @@ def test_creds_file_login(tmp_path: Path) -> None:
             sink.send(*user_event())
         with pytest.raises(SinkUnavailable, match="cannot connect"):
             NatsSink(make_config(server.url, creds=str(bad))).check()
+
+
+@given(st.text(max_size=60))
+def test_any_url_is_accepted_or_a_clear_config_error(url: str) -> None:
+    """Whatever the url, validation ends in a config or a ValidationError, never a crash;
+    an accepted one names servers with a host."""
+    from serfbridge.config.relay import NatsSourceConfig
+
+    try:
+        cfg = make_config(url)
+    except ValidationError:
+        return
+    assert all(u.strip().startswith(("nats://", "tls://")) for u in cfg.url.split(","))
+    NatsSourceConfig.model_validate({"type": "nats", "url": url, "subject": "serf.in"})
