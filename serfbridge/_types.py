@@ -6,17 +6,7 @@ handler would pay on every Serf event.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
-
-EventType = Literal[
-    "member-join",
-    "member-leave",
-    "member-failed",
-    "member-update",
-    "member-reap",
-    "user",
-    "query",
-]
+from typing import NotRequired, TypedDict
 
 
 class Member(TypedDict):

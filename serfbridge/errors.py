@@ -6,8 +6,6 @@
     ├── UsageError                  exit 2  bad command-line arguments
     ├── ConfigError                 exit 3  invalid or unreadable configuration
     ├── InputError                  exit 4  bad event input (env or stdin); the raw input is kept
-    │   └── InputTruncated          exit 5  stdin over max_input_bytes; the event is kept, cut
-    ├── SpoolError                  exit 6  the spool could not store an event (disk full, perms)
     ├── SinkError                           a sink failed to deliver (handled by the deliverer)
     │   ├── SinkUnavailable                 retryable: network error, timeout, 5xx/408/429
     │   └── SinkRejected                    not retryable: the receiver refused this event
@@ -18,7 +16,10 @@
     └── Rejected                            one inbound relay message refused; ``reason``
                                             names why (counted, logged, never exits)
 
-Only ``serfbridge.cli`` turns these into a log line and an exit code.
+Only ``serfbridge.cli`` turns these into a log line and an exit code. Two outcomes of a
+handler run are exit codes without an exception, because the run goes on to finish its
+work first: 5 (stdin over ``max_input_bytes``: the event is kept, cut, ``truncated``) and 6
+(the spool could not store the event: disk full, permissions).
 """
 
 from __future__ import annotations
@@ -49,14 +50,6 @@ class ConfigError(SerfbridgeError):
 
 class InputError(SerfbridgeError):
     exit_code = EXIT_INPUT
-
-
-class InputTruncated(InputError):
-    exit_code = EXIT_TRUNCATED
-
-
-class SpoolError(SerfbridgeError):
-    exit_code = EXIT_SPOOL
 
 
 class SinkError(SerfbridgeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serfbridge.capture.filters import EVENT_TYPES
+from serfbridge.capture.event import EVENT_TYPES
 
 _TAGS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
 

@@ -1,7 +1,7 @@
 """Dry run: which sinks and responders an event would reach on a node, sending nothing.
 
 The decisions use exactly what the handler uses: the compiled config (``compile_settings``),
-``filters.matches``, ``when.matches`` and ``respond.find``; the event document comes from
+``capture.route``; the event document comes from
 ``parse.parse_event`` fed with the ``SERF_*`` variables and stdin Serf would give the handler.
 Only what has no side effect is evaluated: chat messages and text answers are rendered;
 programs (command sinks and responders) are never run and nothing is sent or written.
@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from serfbridge.capture import event as parse
-from serfbridge.capture import filters, respond, when
+from serfbridge.capture import respond, route, when
 from serfbridge.errors import InputError
 
 if TYPE_CHECKING:
-    from serfbridge._types import EventDoc
+    from serfbridge._types import Compiled, EventDoc, SinkSpec
 
 MEMBER_EVENTS = tuple(sorted(parse.MEMBER_EVENTS))
 
@@ -181,7 +181,7 @@ def load_recorded(text: str, source: str) -> list[dict[str, Any]]:
     for number, item in enumerate(found, 1):
         doc = item.get("event") if isinstance(item, dict) else None
         doc = doc if isinstance(doc, dict) else item  # a spool entry wraps the document
-        if not isinstance(doc, dict) or doc.get("event") not in filters.EVENT_TYPES:
+        if not isinstance(doc, dict) or doc.get("event") not in parse.EVENT_TYPES:
             raise InputError(f"{source}: document {number} is not a serfbridge event document")
         if not isinstance(doc.get("node"), dict):
             raise InputError(f"{source}: document {number} has no node object")
@@ -228,20 +228,9 @@ def _action(sink: dict[str, Any], doc: dict[str, Any]) -> tuple[str, str | None]
 def decide(cfg: dict[str, Any], doc: dict[str, Any]) -> RouteResult:
     """What the handler and deliverer would do with ``doc``, given the compiled ``cfg``."""
     decisions = []
-    node = doc["node"]
-    label = doc["event"] + (f":{doc['name']}" if doc.get("name") is not None else "")
     for sink in cfg["sinks"]:
         action, message = _action(sink, doc)
-        terms = sink.get("when")
-        if not filters.matches(sink["filter"], doc["event"], doc.get("name")):
-            fires, reason = False, f"events {sink['events']!r} does not match {label}"
-        elif not when.matches(terms, node):
-            fires, reason = False, f"when {when.describe(terms)}: not this node"
-        else:
-            fires = True
-            reason = f"events {sink['events']!r}"
-            if terms:
-                reason += f", when {when.describe(terms)}"
+        fires, reason = route.sink_verdict(cast("SinkSpec", sink), cast("EventDoc", doc))
         decisions.append(
             SinkDecision(
                 name=sink["name"],
@@ -256,7 +245,7 @@ def decide(cfg: dict[str, Any], doc: dict[str, Any]) -> RouteResult:
     notes = []
     responder = None
     if doc["event"] == "query":
-        found = respond.find(cfg["responders"], doc.get("name"), node)
+        found = route.responder_for(cast("Compiled", cfg), cast("EventDoc", doc))
         if found is None:
             notes.append(f"no responder answers query {doc.get('name')!r} on this node")
         else:

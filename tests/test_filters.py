@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serfbridge.capture import filters
+from serfbridge.capture.event import EVENT_TYPES
 
 MEMBER_TYPES = ["member-join", "member-leave", "member-failed", "member-update", "member-reap"]
 # (event type, name) pairs: every member type, plus user events and queries with names.
@@ -139,4 +140,4 @@ def test_invalid_term_raises(spec: str, bad: str) -> None:
 
 def test_event_types_are_serfs() -> None:
     """EVENT_TYPES are exactly the seven SERF_EVENT values Serf sets."""
-    assert set(filters.EVENT_TYPES) == {*MEMBER_TYPES, "user", "query"}
+    assert set(EVENT_TYPES) == {*MEMBER_TYPES, "user", "query"}

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from serfbridge.capture import respond
+from serfbridge.capture import respond, route
 from serfbridge.capture.event import parse_event
 
 if TYPE_CHECKING:
-    from serfbridge._types import EventDoc, ResponderSpec
+    from serfbridge._types import Compiled, EventDoc, ResponderSpec
 
 MARKER = re.compile(rb"\n\[truncated by serfbridge: (\d+) bytes, limit (\d+)\]\n\Z")
 
@@ -131,12 +131,18 @@ def test_answer_command_reads_event_json() -> None:
     assert out == b"big/ping"
 
 
-def test_find_picks_first_matching_responder() -> None:
-    """find returns the first responder for the query name, or None."""
+def test_responder_for_picks_first_matching_responder() -> None:
+    """route.responder_for returns the first responder for the query name, or None."""
     first = _responder(text="1", query="load")
     second = _responder(text="2", query="load")
     other = _responder(text="3", query="other")
-    responders = [other, first, second]
-    assert respond.find(responders, "load") is first
-    assert respond.find(responders, "missing") is None
-    assert respond.find(responders, None) is None
+    cfg = cast("Compiled", {"responders": [other, first, second]})
+    node = {"name": "n1", "role": "", "tags": {}}
+
+    def query(name: str | None, event: str = "query") -> EventDoc:
+        return cast("EventDoc", {"event": event, "name": name, "node": node})
+
+    assert route.responder_for(cfg, query("load")) is first
+    assert route.responder_for(cfg, query("missing")) is None
+    assert route.responder_for(cfg, query(None)) is None
+    assert route.responder_for(cfg, query("load", event="user")) is None

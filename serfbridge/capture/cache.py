@@ -17,7 +17,7 @@ import marshal
 import os
 
 from serfbridge import __version__
-from serfbridge.capture import paths, runtime
+from serfbridge.capture import files, paths, runtime
 from serfbridge.errors import ConfigError
 
 try:
@@ -65,21 +65,13 @@ def _read(cache: str, stamp: object) -> Compiled | None:
 
 
 def _write(cache: str, stamp: object, compiled: Compiled) -> None:
-    tmp = f"{cache}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
-        try:
-            os.write(fd, marshal.dumps({"stamp": stamp, "compiled": compiled}, _MARSHAL_VERSION))
-        finally:
-            os.close(fd)
-        os.replace(tmp, cache)
+        data = marshal.dumps({"stamp": stamp, "compiled": compiled}, _MARSHAL_VERSION)
+        # Not durable: a cache lost in a power cut is rebuilt by the next event.
+        files.write_atomic(cache, data, durable=False)
     except OSError:
-        # A read-only cache location only costs speed: every event recompiles.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # a read-only cache location only costs speed: every event recompiles
 
 
 def load(explicit: str | None = None) -> Compiled:

@@ -20,7 +20,6 @@ try:
 except ImportError:  # pragma: no cover - CPython builds always ship _blake2
     from hashlib import blake2b
 
-from serfbridge.capture.filters import EVENT_TYPES
 from serfbridge.errors import InputError
 
 TYPE_CHECKING = False
@@ -30,6 +29,16 @@ if TYPE_CHECKING:
     from serfbridge._types import EventDoc, Member, Node
 
 VERSION = 1
+# Every SERF_EVENT value Serf sets.
+EVENT_TYPES = (
+    "member-join",
+    "member-leave",
+    "member-failed",
+    "member-update",
+    "member-reap",
+    "user",
+    "query",
+)
 MEMBER_EVENTS = frozenset(t for t in EVENT_TYPES if t.startswith("member-"))
 _TAG_PREFIX = "SERF_TAG_"
 
@@ -181,46 +190,77 @@ def parse_event(
     if event not in EVENT_TYPES:
         raise InputError(f"unknown SERF_EVENT {event!r}: expected one of {', '.join(EVENT_TYPES)}")
 
-    name: str | None = None
-    ltime: int | None = None
-    payload: str | None = None
-    encoding: str | None = None
-    members: list[Member] = []
-
+    node = node_from_env(environ)
     if event in MEMBER_EVENTS:
         if truncated:
             # The last line is probably cut in half; keep only whole lines.
             stdin = stdin[: stdin.rfind(b"\n") + 1]
-        members = parse_members(stdin)
-        event_id = member_event_id(event, members)
-    else:
-        name_var, ltime_var = (
-            ("SERF_USER_EVENT", "SERF_USER_LTIME")
-            if event == "user"
-            else ("SERF_QUERY_NAME", "SERF_QUERY_LTIME")
-        )
-        name = environ.get(name_var)
-        if name is None:
-            raise InputError(f"{name_var} is not set for a {event} event")
-        ltime = _ltime(environ, ltime_var)
-        data = stdin[:-1] if stdin.endswith(b"\n") else stdin
-        try:
-            payload, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
-        event_id = user_event_id(event, name, ltime, data, relay_id)
-        name = _text(name)
+        return member_doc(event, parse_members(stdin), node, received_at, truncated=truncated)
+    name_var, ltime_var = (
+        ("SERF_USER_EVENT", "SERF_USER_LTIME")
+        if event == "user"
+        else ("SERF_QUERY_NAME", "SERF_QUERY_LTIME")
+    )
+    name = environ.get(name_var)
+    if name is None:
+        raise InputError(f"{name_var} is not set for a {event} event")
+    ltime = _ltime(environ, ltime_var)
+    return user_doc(
+        event, name, ltime, stdin, node,
+        received_at=received_at, relay_id=relay_id, truncated=truncated,
+    )  # fmt: skip
 
+
+def _document(
+    event: str, event_id: str, node: Node, received_at: float, truncated: bool
+) -> EventDoc:
     return {
         "version": VERSION,
         "id": event_id,
         "event": event,
-        "name": name,
-        "ltime": ltime,
-        "payload": payload,
-        "payload_encoding": encoding,
-        "members": members,
-        "node": node_from_env(environ),
+        "name": None,
+        "ltime": None,
+        "payload": None,
+        "payload_encoding": None,
+        "members": [],
+        "node": node,
         "received_at": rfc3339(received_at),
         "truncated": truncated,
     }
+
+
+def member_doc(
+    event: str, members: list[Member], node: Node, received_at: float, *, truncated: bool = False
+) -> EventDoc:
+    """The document of a member-* event: the one builder for stdin and for stream records."""
+    doc = _document(event, member_event_id(event, members), node, received_at, truncated)
+    doc["members"] = members
+    return doc
+
+
+def user_doc(
+    event: str,
+    name: str,
+    ltime: int,
+    data: bytes,
+    node: Node,
+    *,
+    received_at: float,
+    relay_id: str | None = None,
+    truncated: bool = False,
+) -> EventDoc:
+    """The document of a user event or query from its payload as Serf delivers it: the one
+    builder for stdin and for stream records. One trailing ``\n`` is dropped: the handler
+    cannot tell ``x`` from ``x\n`` (docs/serf.md), and both paths must agree on payload and id.
+    ``relay_id``: the id trailer already split off ``data`` (``relay_ids``)."""
+    data = data[:-1] if data.endswith(b"\n") else data
+    doc = _document(
+        event, user_event_id(event, name, ltime, data, relay_id), node, received_at, truncated
+    )
+    try:
+        doc["payload"], doc["payload_encoding"] = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        doc["payload"] = binascii.b2a_base64(data, newline=False).decode("ascii")
+        doc["payload_encoding"] = "base64"
+    doc["name"], doc["ltime"] = _text(name), ltime
+    return doc

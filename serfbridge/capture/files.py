@@ -96,3 +96,66 @@ def append_record(path: str, data: bytes, *, fsync: bool = False, timeout: float
             unlock(fd)
     finally:
         os.close(fd)
+
+
+WINDOWS = sys.platform == "win32"
+# Windows: a reader holding the target open makes os.replace fail for a moment.
+REPLACE_ATTEMPTS = 20
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable. Windows cannot open a directory for fsync; NTFS
+    journals the rename itself."""
+    if WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:
+    """Replace ``path`` by ``data`` so that readers see the old file or the whole new one.
+
+    The temp file is named per process (two writers never share one) and removed on any
+    failure, so a full disk leaves nothing behind. ``durable``: fsync the file and the
+    directory, so the new content survives a power cut. Raises OSError.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.{os.getpid()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(directory)
+
+
+def _replace(tmp: str, path: str) -> None:
+    for attempt in range(REPLACE_ATTEMPTS if WINDOWS else 1):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if attempt == REPLACE_ATTEMPTS - 1 or not WINDOWS:
+                raise
+            time.sleep(0.05)

@@ -8,19 +8,12 @@ matches every user event. Names match exactly, as in Serf (no globs).
 
 from __future__ import annotations
 
+from serfbridge.capture.event import EVENT_TYPES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge._types import FilterTerm
 
-EVENT_TYPES = (
-    "member-join",
-    "member-leave",
-    "member-failed",
-    "member-update",
-    "member-reap",
-    "user",
-    "query",
-)
 _VALID = (*EVENT_TYPES, "*")
 
 

@@ -8,11 +8,11 @@ it entirely (the querier sees only the ack) when the encoded response exceeds th
 from __future__ import annotations
 
 from serfbridge import log
-from serfbridge.capture import render, when
+from serfbridge.capture import render
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from serfbridge._types import EventDoc, Node, ResponderSpec
+    from serfbridge._types import EventDoc, ResponderSpec
 
 # Serf keeps only the last 8 KiB of handler output (armon/circbuf in invoke.go).
 SERF_OUTPUT_BUFFER = 8192
@@ -51,18 +51,6 @@ def fit(answer: bytes, budget: int) -> bytes:
     # Cut on a character boundary so the kept text stays valid UTF-8.
     head = answer[:keep].decode("utf-8", "ignore").encode("utf-8")
     return head + marker
-
-
-def find(
-    responders: list[ResponderSpec], query: str | None, node: Node | None = None
-) -> ResponderSpec | None:
-    """The first responder for ``query`` whose ``when`` selects ``node`` (None: any node)."""
-    for responder in responders:
-        if responder["query"] != query:
-            continue
-        if node is None or when.matches(responder.get("when"), node):
-            return responder
-    return None
 
 
 def _run(responder: ResponderSpec, event_json: str) -> bytes:

@@ -10,10 +10,11 @@ import sys
 import time
 
 from serfbridge import log
-from serfbridge.capture import cache, filters, jsonenc, paths, relay_ids, runtime, spool, when
+from serfbridge.capture import cache, jsonenc, paths, relay_ids, runtime, spool
 from serfbridge.capture import event as parse
+from serfbridge.capture import route as route_decision
 from serfbridge.capture.files import append_record
-from serfbridge.errors import EXIT_OK, EXIT_SPOOL, ConfigError, InputError
+from serfbridge.errors import EXIT_OK, EXIT_SPOOL, EXIT_TRUNCATED, ConfigError, InputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,11 +88,7 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
     """Append to file sinks inline; spool the event for every other matching sink."""
     spooled: list[str] = []
     line = b""
-    for sink in cfg["sinks"]:
-        if not filters.matches(sink["filter"], doc["event"], doc["name"]):
-            continue
-        if not when.matches(sink.get("when"), doc["node"]):
-            continue
+    for sink in route_decision.sinks_for(cfg, doc):
         if sink["type"] == "file" and not sink.get("once"):
             line = line or (event_json + "\n").encode("utf-8")
             try:
@@ -196,22 +193,20 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
     if is_query:
         from serfbridge.capture import respond
 
-        responder = respond.find(cfg["responders"], doc["name"], doc["node"])
+        responder = route_decision.responder_for(cfg, doc)
         if responder is not None:
             responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
             answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
             os.write(1, answer)
 
     if truncated:
-        from serfbridge.errors import InputTruncated
-
         log.error(
             "stdin exceeded max_input_bytes; event recorded with truncated=true",
             limit=cfg["max_input_bytes"],
             id=doc["id"],
         )
         # Serf discards a query handler's output when it exits non-zero: keep the answer.
-        return status if is_query else InputTruncated.exit_code
+        return status if is_query else EXIT_TRUNCATED
     if status == EXIT_OK:
         log.debug("event captured", id=doc["id"], event=doc["event"], name=doc["name"])
     return status

@@ -26,7 +26,6 @@ import time
 from serfbridge.capture import files, jsonenc, runtime
 
 _counter = [0]
-WINDOWS = sys.platform == "win32"
 
 
 def spool_dir(state_dir: str, *parts: str) -> str:
@@ -46,46 +45,13 @@ def entry_time(name: str) -> float:
         return 0.0
 
 
-def fsync_dir(path: str) -> None:
-    # Windows cannot open a directory for fsync; NTFS journals the rename itself.
-    if WINDOWS:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(directory: str, name: str, data: bytes, *, durable: bool = True) -> str:
-    """Write ``directory/name`` so that it appears whole or not at all."""
-    final = os.path.join(directory, name)
-    tmp = final + ".tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except FileNotFoundError:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    if durable:
-        fsync_dir(directory)
-    return final
-
-
 def capture(state_dir: str, sinks: list[str], event_json: str) -> str:
     """Store one event for the named sinks; returns the entry name. Raises OSError."""
     name = entry_name()
     data = '{"sinks":' + jsonenc.dumps(sinks) + ',"event":' + event_json + "}"
-    write_atomic(spool_dir(state_dir, "incoming"), name + ".json", data.encode("utf-8"))
+    files.write_atomic(
+        os.path.join(spool_dir(state_dir, "incoming"), name + ".json"), data.encode("utf-8")
+    )
     return name
 
 
@@ -104,7 +70,7 @@ def reject(
     }
     # surrogateescape writes undecodable environment bytes back as they came: this is the raw copy.
     data = jsonenc.dumps(record).encode("utf-8", "surrogateescape")
-    write_atomic(spool_dir(state_dir, "rejected"), name + ".json", data)
+    files.write_atomic(os.path.join(spool_dir(state_dir, "rejected"), name + ".json"), data)
     return name
 
 

@@ -297,9 +297,3 @@ def compile_settings(settings: Settings, source: str | None) -> Compiled:
         "responders": responders,
         "raw": _reveal(settings.model_dump()),
     }
-
-
-def sink_adapter() -> Any:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(SinkConfig)

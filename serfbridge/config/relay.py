@@ -15,6 +15,7 @@ from serfbridge.sinks.natsconn import NatsConnection
 
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
 SOURCE_TYPES = ("http", "redis", "mqtt", "local", "nats")
+# Names NATS accepts for queue groups and durable consumers.
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 

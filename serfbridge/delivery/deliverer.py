@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files
-from serfbridge.capture.spool import entry_time, fsync_dir, spool_dir, write_atomic
+from serfbridge.capture import files, jsonenc
+from serfbridge.capture.files import fsync_dir, write_atomic
+from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
 from serfbridge.delivery import once
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
 
@@ -43,8 +44,9 @@ def _json_files(directory: str) -> list[str]:
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes: compact, UTF-8, key order kept."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
+    order kept."""
+    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
@@ -64,14 +66,7 @@ class HeadState:
 
     def save(self, queue: str) -> None:
         data = json.dumps(self.__dict__).encode()
-        write_atomic(queue, HEAD_STATE, data, durable=False)
-
-
-def backoff(config: DeliveryConfig, attempts: int, retry_after: float | None) -> float:
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), config.backoff_max)
-    ceiling: float = min(config.backoff_max, config.backoff_initial * 2.0 ** (attempts - 1))
-    return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+        write_atomic(os.path.join(queue, HEAD_STATE), data, durable=False)
 
 
 def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
@@ -79,7 +74,7 @@ def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int)
     os.makedirs(target, exist_ok=True)
     name = os.path.basename(src)
     meta = {"sink": sink, "reason": reason, "attempts": attempts, "dead_at": time.time()}
-    write_atomic(target, name[: -len(".json")] + ".reason", json.dumps(meta).encode())
+    write_atomic(os.path.join(target, name[: -len(".json")] + ".reason"), json.dumps(meta).encode())
     os.replace(src, os.path.join(target, name))
     log.error("event dead-lettered", sink=sink, entry=name, attempts=attempts, reason=reason)
 
@@ -99,6 +94,10 @@ class SinkWorker:
     # Set by fan_out when it queues an entry here, so the worker starts at once instead of
     # at its next poll (which only catches what a wake-up could miss).
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.delivery.backoff_initial, self.delivery.backoff_max, jitter=True)
 
     @property
     def queue(self) -> str:
@@ -160,7 +159,7 @@ class SinkWorker:
                 self.state_dir, self.config.name, path, f"{why}: {state.last_error}", state.attempts
             )
             return
-        delay = backoff(self.delivery, state.attempts, getattr(exc, "retry_after", None))
+        delay = self.backoff.delay(state.attempts, getattr(exc, "retry_after", None))
         state.next_at = time.time() + delay
         state.save(self.queue)
         log.warning(
@@ -222,7 +221,7 @@ class Deliverer:
                 touched.add(queue)
                 cfg = self.sinks.get(sink_name)
                 if cfg is None:
-                    write_atomic(queue, name, json.dumps({"event": event}).encode())
+                    write_atomic(os.path.join(queue, name), json.dumps({"event": event}).encode())
                     dead_letter(
                         self.state_dir,
                         sink_name,
@@ -234,7 +233,11 @@ class Deliverer:
                 docs = self._membership.mine(event) if cfg.once else [event]
                 for k, doc in enumerate(docs):
                     part = name if len(docs) == 1 and doc is event else f"{name[:-5]}-{k:03d}.json"
-                    write_atomic(queue, part, json.dumps({"event": doc}).encode(), durable=False)
+                    write_atomic(
+                        os.path.join(queue, part),
+                        json.dumps({"event": doc}).encode(),
+                        durable=False,
+                    )
             for queue in touched:
                 fsync_dir(queue)
             for worker in self.workers:
@@ -324,7 +327,11 @@ def serve(settings: Settings) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(spool_dir(state_dir), "deliver.pid", b"%d\n" % os.getpid(), durable=False)
+            write_atomic(
+                os.path.join(spool_dir(state_dir), "deliver.pid"),
+                b"%d\n" % os.getpid(),
+                durable=False,
+            )
             log.info("deliverer started", state_dir=state_dir)
             Deliverer(settings).run()
         finally:
@@ -341,7 +348,7 @@ def flush(settings: Settings, timeout: float) -> int:
     fd = acquire(state_dir)
     if fd is None:
         # A deliverer is running: ask it to retry now and wait for the spool to drain.
-        write_atomic(spool_dir(state_dir), WAKE_FILE, b"", durable=False)
+        write_atomic(os.path.join(spool_dir(state_dir), WAKE_FILE), b"", durable=False)
         probe = Deliverer(settings)
         while probe.pending() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, SerfCommandError, SerfError, SerfUnavailable
 from serfbridge.serf.rpc import SerfRPC, parse_addr
 
@@ -56,8 +57,7 @@ class RpcCaller:
         self._lock = threading.Lock()
         self._connected = False
         self._next_try = 0.0
-        self._delay = 0.0
-        self._backoff_max = backoff_max
+        self._retry = Backoff(0.2, backoff_max)
 
     def _connect(self) -> SerfRPC:
         with self._lock:
@@ -73,13 +73,14 @@ class RpcCaller:
                 self._client.connect()
             except SerfError as exc:
                 self._connected = False
-                self._delay = min(max(self._delay * 2, 0.2), self._backoff_max)
-                self._next_try = now + self._delay
-                log.warning("serf agent unreachable", addr=self.addr, retry_in=self._delay)
+                delay = self._retry.failed()
+                self._next_try = now + delay
+                log.warning("serf agent unreachable", addr=self.addr, retry_in=delay)
                 raise Rejected("serf_unavailable", f"serf agent unreachable: {exc}") from None
-            if not self._connected and self._delay:
+            if not self._connected and self._retry.failures:
                 log.info("reconnected to the serf agent", addr=self.addr)
-            self._connected, self._delay = True, 0.0
+            self._connected = True
+            self._retry.reset()
             return self._client
 
     def _lost(self, exc: SerfUnavailable) -> Rejected:

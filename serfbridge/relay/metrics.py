@@ -43,10 +43,6 @@ class Metrics:
             series = self._counters[name]
             series[key] = series.get(key, 0.0) + amount
 
-    def value(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._counters.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
-
     def observe_serf(self, call: str, seconds: float) -> None:
         key = (("call", call),)
         with self._lock:

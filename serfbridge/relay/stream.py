@@ -18,9 +18,10 @@ from typing import Any
 
 from serfbridge import log
 from serfbridge.capture import event as parse
-from serfbridge.capture import jsonenc, relay_ids, respond
+from serfbridge.capture import jsonenc, relay_ids, respond, route
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SerfError
 from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
 
@@ -44,54 +45,25 @@ def event_doc(
     """One stream record -> the handler's event document and the relay id it carried
     (serfbridge.capture.relay_ids), or None for unknown records."""
     kind = str(record.get("Event") or "")
-    name: str | None = None
-    ltime: int | None = None
-    payload: str | None = None
-    encoding: str | None = None
-    members: list[Member] = []
     if kind in ("user", "query"):
-        name = str(record.get("Name") or "")
-        ltime = int(record.get("LTime") or 0)
         data, relay_id = bytes(record.get("Payload") or b""), None
         if kind == "user":
             data, relay_id = relay_ids.split(data)
-        # The handler cannot tell "x" from "x\n" (docs/serf.md) and strips one "\n"; doing the
-        # same here gives an event the same payload and id on both paths.
-        data = data[:-1] if data.endswith(b"\n") else data
-        try:
-            payload, encoding = data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            import binascii
-
-            payload, encoding = binascii.b2a_base64(data, newline=False).decode(), "base64"
-        event_id = parse.user_event_id(kind, name, ltime, data, relay_id)
-    elif kind.startswith("member-"):
-        relay_id = None
-        for m in record.get("Members") or []:
-            members.append(
-                {
-                    "name": m.name,
-                    "addr": m.addr,
-                    "role": m.tags.get("role", ""),
-                    "tags": dict(sorted(m.tags.items())),
-                }
-            )
-        event_id = parse.member_event_id(kind, members)
-    else:
-        return None
-    return {
-        "version": parse.VERSION,
-        "id": event_id,
-        "event": kind,
-        "name": name,
-        "ltime": ltime,
-        "payload": payload,
-        "payload_encoding": encoding,
-        "members": members,
-        "node": node,
-        "received_at": parse.rfc3339(received),
-        "truncated": False,
-    }, relay_id
+        name, ltime = str(record.get("Name") or ""), int(record.get("LTime") or 0)
+        doc = parse.user_doc(kind, name, ltime, data, node, received_at=received, relay_id=relay_id)
+        return doc, relay_id
+    if kind.startswith("member-"):
+        members: list[Member] = [
+            {
+                "name": m.name,
+                "addr": m.addr,
+                "role": m.tags.get("role", ""),
+                "tags": dict(sorted(m.tags.items())),
+            }
+            for m in record.get("Members") or []
+        ]
+        return parse.member_doc(kind, members, node, received), None
+    return None
 
 
 class StreamFeeder:
@@ -118,17 +90,18 @@ class StreamFeeder:
         self.thread.join(timeout=10)
 
     def _run(self) -> None:
-        delay = 0.0
+        retry = Backoff(0.2, self.relay.config.reconnect_max)
         while not self._stop.is_set():
+            delay = 0.2
             try:
                 self._follow()
-                delay = 0.0
+                retry.reset()
             except SerfError as exc:
                 if self._stop.is_set():
                     return
-                delay = min(max(delay * 2, 0.2), self.relay.config.reconnect_max)
+                delay = retry.failed()
                 log.warning("event stream lost", error=str(exc), retry_in=delay)
-            self._stop.wait(delay or 0.2)
+            self._stop.wait(delay)
 
     def _follow(self) -> None:
         client = SerfRPC(self.addr, self.auth, timeout=self.timeout)
@@ -168,7 +141,7 @@ class StreamFeeder:
             return
         if doc["event"] != "query":
             return
-        responder = respond.find(self.cfg["responders"], doc["name"])
+        responder = route.responder_for(self.cfg, doc)
         if responder is None:
             return
         limit = self.cfg["query_response_size_limit"]

@@ -16,7 +16,6 @@ STATUS_BY_EVENT = {
     "member-failed": "failed",
 }
 FORMAT_VERSION = 1
-REPLACE_ATTEMPTS = 20  # Windows: a reader holding the file open makes os.replace fail briefly
 
 
 def _now() -> str:
@@ -112,27 +111,6 @@ def read_view(path: str) -> dict[str, dict[str, Any]]:
 
 def write_view(path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically; readers see the old or the new file."""
-    from serfbridge.capture.spool import fsync_dir
+    from serfbridge.capture.files import write_atomic
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    for attempt in range(REPLACE_ATTEMPTS):
-        try:
-            os.replace(tmp, path)
-            break
-        except PermissionError:
-            if attempt == REPLACE_ATTEMPTS - 1:
-                os.unlink(tmp)
-                raise
-            time.sleep(0.05)
-    fsync_dir(directory)
+    write_atomic(os.path.abspath(path), data, mode=0o644)

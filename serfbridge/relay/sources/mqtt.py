@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
@@ -96,15 +97,14 @@ class MqttSource(Source):
             log.error("mqtt message failed", source=self.name, topic=msg.topic, error=repr(exc))
 
     def _handle_one(self, msg: Any) -> None:
-        delay = 0.2
+        retry = Backoff(0.2, 10.0)
         while True:
             try:
                 parsed, reply = self.gate.handle(msg.payload, self._creds(msg))
                 break
             except Rejected as exc:
                 if exc.reason in RETRYABLE and not self._stop.is_set():
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
+                    self._stop.wait(retry.failed())
                     if self._stop.is_set():
                         return  # not acked: the broker redelivers
                     continue

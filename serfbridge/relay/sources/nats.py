@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Gate, Source
@@ -51,6 +52,8 @@ class NatsSource(Source):
         self._stop = threading.Event()
         self.ready = threading.Event()  # subscribed / consumer bound (tests wait for it)
         self._client: Client | None = None
+        # How long JetStream holds back a message Serf could not take, by its delivery count.
+        self._redeliver = Backoff(0.5, 10.0)
 
     def start(self) -> None:
         self._loop = LoopThread(f"source {self.name} loop")
@@ -75,15 +78,21 @@ class NatsSource(Source):
     # -- connection --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = 0.0
+        # A message to retry later backs off gently; a broken connection or a bug, further.
+        retry, failing = Backoff(0.2, 10.0), Backoff(0.5, self.relay.config.reconnect_max)
         while not self._stop.is_set():
+            delay = 0.0
             try:
                 if self._client is None or self._client.is_closed:
                     self._connect()
-                delay = 0.0 if self._cycle() else min(max(delay * 2, 0.2), 10.0)
+                if self._cycle():
+                    retry.reset()
+                    failing.reset()
+                else:
+                    delay = retry.failed()
             except Exception as exc:  # noqa: BLE001 - the source keeps trying, never dies
                 self.ready.clear()
-                delay = min(max(delay * 2, 0.5), self.relay.config.reconnect_max)
+                delay = failing.failed()
                 log.warning(
                     "nats source failed", source=self.name, server=self.where,
                     error=f"{type(exc).__name__}: {exc}", retry_in=delay,
@@ -175,8 +184,8 @@ class NatsSource(Source):
             parsed, reply = self.gate.handle(msg.data, _creds(msg), origin=origin)
         except Rejected as exc:
             if exc.reason in RETRYABLE:
-                deliveries = msg.metadata.num_delivered or 1
-                self._loop.run(msg.nak(delay=min(0.5 * deliveries, 10.0)), timeout)
+                delay = self._redeliver.delay(msg.metadata.num_delivered or 1)
+                self._loop.run(msg.nak(delay=delay), timeout)
                 return False
             self._dead_letter(msg, exc)
             self._loop.run(msg.term(), timeout)
@@ -202,15 +211,14 @@ class NatsSource(Source):
             log.error("nats message failed", source=self.name, subject=msg.subject, error=repr(exc))
 
     def _core_handle(self, msg: Msg) -> None:
-        delay = 0.2
+        retry = Backoff(0.2, 10.0)
         while True:
             try:
                 parsed, reply = self.gate.handle(msg.data, _creds(msg))
                 break
             except Rejected as exc:
                 if exc.reason in RETRYABLE and not self._stop.is_set():
-                    self._stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
+                    self._stop.wait(retry.failed())
                     continue
                 self._dead_letter(msg, exc)
                 if msg.reply:

@@ -31,6 +31,7 @@ import threading
 from typing import Any
 
 from serfbridge import log
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import Credentials
 from serfbridge.relay.sources.base import RETRYABLE, Source
@@ -105,20 +106,26 @@ class RedisSource(Source):
     def _run(self) -> None:
         import redis
 
-        delay = 0.0
+        # An empty read backs off gently; a broken connection or a bug, further.
+        idle, unreachable, failing = Backoff(0.2, 10.0), Backoff(0.5, 10.0), Backoff(0.5, 30.0)
         while not self._stop.is_set():
+            delay = 0.0
             try:
                 self._ensure_group()
-                delay = 0.0 if self._cycle() else min(max(delay * 2, 0.2), 10.0)
+                if self._cycle():
+                    for backoff in (idle, unreachable, failing):
+                        backoff.reset()
+                else:
+                    delay = idle.failed()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._group_ready = False
-                delay = min(max(delay * 2, 0.5), 10.0)
+                delay = unreachable.failed()
                 log.warning("redis unreachable", source=self.name, error=str(exc), retry_in=delay)
             except redis.RedisError as exc:
-                delay = min(max(delay * 2, 0.5), 30.0)
+                delay = failing.failed()
                 log.error("redis error", source=self.name, error=str(exc), retry_in=delay)
             except Exception as exc:  # noqa: BLE001 - a bug must not silently end the source
-                delay = min(max(delay * 2, 0.5), 30.0)
+                delay = failing.failed()
                 log.error("redis source failed", source=self.name, error=repr(exc), retry_in=delay)
             if delay:
                 self._stop.wait(delay)
