@@ -162,6 +162,17 @@ def test_refusals_answer_and_dead_letter(env: Env) -> None:
     )
 
 
+def test_oversized_event_is_refused_before_serf(env: Env) -> None:
+    """Serf's user event size limit is checked first: the requester hears too_large."""
+    event = {"type": "event", "name": "deploy", "payload": "x" * 600}
+    reply = _request(env, "serf.in", event)
+    assert reply["reason"] == "too_large"
+    assert (
+        env.metric("serfbridge_relay_messages_rejected_total", source="core", reason="too_large")
+        == 1
+    )
+
+
 def test_signed_source_refuses_unsigned(env: Env) -> None:
     """require_signature: the headers X-Serfbridge-* must sign the body."""
     body = json.dumps({"type": "event", "name": "deploy", "payload": "signed"}).encode()

@@ -348,3 +348,48 @@ def test_any_url_is_accepted_or_a_clear_config_error(url: str) -> None:
         return
     assert all(u.strip().startswith(("nats://", "tls://")) for u in cfg.url.split(","))
     NatsSourceConfig.model_validate({"type": "nats", "url": url, "subject": "serf.in"})
+
+
+def test_loading_the_config_does_not_import_nats_py() -> None:
+    """The handler loads the config models; nats-py (and asyncio's weight) stays off it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, serfbridge.config.models, serfbridge.sinks.nats, "
+        "serfbridge.relay.sources.nats; print('nats' in sys.modules, 'nkeys' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False False"
+
+
+def test_check_connect_cli(nats_server: NatsServer, tmp_path: Path) -> None:
+    """`serfbridge check --connect` reports the sink reachable, then UNREACHABLE (exit 6)."""
+    import subprocess
+    import sys
+
+    from support.proc import clean_environ
+
+    config = tmp_path / "serfbridge.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'[[sinks]]\ntype = "nats"\nname = "bus"\nurl = "{nats_server.url}"\ntimeout = 1\n'
+    )
+    argv = [sys.executable, "-m", "serfbridge", "--config", str(config), "check", "--connect"]
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=clean_environ()
+        )
+
+    ok = check()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "sink bus: type=nats events=*: reachable" in ok.stdout
+    nats_server.stop()
+    down = check()
+    assert down.returncode == 6, down.stdout + down.stderr
+    assert "sink bus: type=nats events=*: UNREACHABLE: cannot connect" in down.stdout
+    assert "Traceback" not in down.stdout + down.stderr
