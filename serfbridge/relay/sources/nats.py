@@ -168,10 +168,13 @@ class NatsSource(Source):
             )
         except NatsTimeout:
             return True  # nothing new
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             if self._stop.is_set():
                 return True  # not acked: redelivered
             if not self._jetstream_one(msg):
+                # The rest of the batch goes back now rather than after ack_wait.
+                for rest in msgs[i + 1 :]:
+                    self._loop.run(rest.nak(), self.config.timeout)
                 return False
         return True
 
