@@ -188,3 +188,23 @@ def test_nats_outage_loses_nothing(
         ),
     )
     assert sorted(ltimes()) == list(range(1, EVENTS + 1))
+
+
+def test_refused_event_is_dead_lettered_and_the_rest_flows(
+    node: BridgeNode, nats_server: NatsServer, serfbridge_cmd: list[str]
+) -> None:
+    """A user event whose name makes no valid subject is dead-lettered with its reason; the
+    events before and after it are stored."""
+    nats_server.add_stream("NAMED", ["named.>"])
+    node.write_config(
+        f'[[sinks]]\ntype = "nats"\nname = "js"\nurl = "{nats_server.url}"\n'
+        'subject = "named.{name}"\nstream = "NAMED"\ntimeout = 1\n' + OUTAGE
+    )
+    for ltime, name in enumerate(["before", "two words", "after"], start=1):
+        fire_user(serfbridge_cmd, node, name, ltime, b"x")
+    wait_for(lambda: len(nats_server.stream_messages("NAMED")) >= 2, 30, what="two messages",
+             detail=node.log_tail)  # fmt: skip
+    dead = wait_for(lambda: spool_files(node, "dead", "js"), 10, what="a dead letter")
+    reason = (node.state / "spool" / "dead" / "js" / dead[0]).with_suffix(".reason")
+    assert "white space" in reason.read_text()
+    assert [d["name"] for d in nats_server.event_docs("NAMED")] == ["before", "after"]
