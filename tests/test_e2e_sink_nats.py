@@ -86,6 +86,8 @@ def test_every_event_type_reaches_jetstream_once(
 
         wait_for(complete, timeout=60, what="all seven event types in Redis and JetStream")
         time.sleep(2.0)  # late copies from other nodes would land within this
+        # Reaps come one by one: wait until both sinks have settled on the same events.
+        wait_for(complete, timeout=30, what="Redis and JetStream holding the same events")
     finally:
         for node in nodes.values():
             node.kill_deliverer()
