@@ -244,3 +244,20 @@ def test_jetstream_waits_out_a_serf_outage(env: Env) -> None:
     env.cluster.wait_converged()
     env.seen_everywhere("after-outage", timeout=40)
     assert env.count("after-outage") == dict.fromkeys(NAMES, 1)
+
+
+def test_source_up_follows_the_server(env: Env) -> None:
+    """serfbridge_relay_source_up is 1 while connected, 0 while nats-server is down, and 1
+    again once it is back (both the core and the JetStream source)."""
+
+    def up(source: str) -> float:
+        return env.metric("serfbridge_relay_source_up", source=source)
+
+    wait_for(lambda: up("core") == up("js") == 1.0, 10, what="both sources up")
+    env.nats.stop()
+    wait_for(lambda: up("core") == up("js") == 0.0, 20, what="both sources down")
+    env.nats.start()
+    wait_for(lambda: up("core") == up("js") == 1.0, 30, what="both sources up again",
+             detail=env.relay.log_tail)  # fmt: skip
+    query = {"type": "query", "name": "load", "payload": "back", "timeout": 3}
+    _assert_full_reply(_request(env, "serf.in", query), "back")

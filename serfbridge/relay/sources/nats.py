@@ -52,6 +52,7 @@ class NatsSource(Source):
         self._stop = threading.Event()
         self.ready = threading.Event()  # subscribed / consumer bound (tests wait for it)
         self._client: Client | None = None
+        self.connected = False  # serfbridge_relay_source_up: set by connects and nats-py
         # How long JetStream holds back a message Serf could not take, by its delivery count.
         self._redeliver = Backoff(0.5, 10.0)
 
@@ -92,6 +93,7 @@ class NatsSource(Source):
                     delay = retry.failed()
             except Exception as exc:  # noqa: BLE001 - the source keeps trying, never dies
                 self.ready.clear()
+                self.connected = False
                 delay = failing.failed()
                 log.warning(
                     "nats source failed", source=self.name, server=self.where,
@@ -107,9 +109,16 @@ class NatsSource(Source):
         async def _quiet(_exc: Exception) -> None:
             """Errors surface through the calls that fail; no traceback on stderr."""
 
+        async def _down() -> None:
+            self.connected = False
+
+        async def _back() -> None:
+            self.connected = True
+
         self._client = self._loop.run(
             connect(
                 cfg, f"serfbridge relay {self.name}", error_cb=_quiet,
+                disconnected_cb=_down, reconnected_cb=_back,
                 max_reconnect_attempts=-1, reconnect_time_wait=1,
             ),
             cfg.timeout + 1.0,
@@ -123,6 +132,7 @@ class NatsSource(Source):
             )
             self._loop.run(self._client.flush(max(1, round(cfg.timeout))), cfg.timeout + 1.0)
         self.ready.set()
+        self.connected = True
         log.info(
             "nats source reading", source=self.name, subject=cfg.subject,
             stream=cfg.stream, group=cfg.durable if cfg.stream else cfg.queue,
