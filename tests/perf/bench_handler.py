@@ -18,7 +18,12 @@ Rows:
 * ``--deb PATH``: the .deb installed with ``dpkg --root`` into the temp dir, rows
   ``launcher/...`` (``/usr/bin/serfbridge``: the launcher, system Python for the handler) and
   ``deb-frozen/...`` (the frozen one-folder build it hands over to, run directly);
+  ``--deb LABEL=PATH`` (repeatable) compares packages: ``LABEL-launcher/...``,
+  ``LABEL-frozen/...``;
 * ``--handler NAME=CMD``: anything else you want in the same table.
+
+Besides wall time, each row shows the handler's median CPU time (``os.wait4``) and its peak
+RSS (separate untimed runs under GNU time, see ``Runner.peak_rss``).
 
 Runs are interleaved round-robin across handlers so machine noise hits all rows alike. The
 numbers are for comparison within one run; nothing here is asserted by the unit tests.
