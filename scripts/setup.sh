@@ -24,7 +24,10 @@ apt_install() {
 }
 
 if [ "$EXTRA" = "test" ]; then
-    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl
+    # lintian, systemd-analyze (systemd), man (man-db) and logrotate: the .deb and its unit
+    # are checked by their own tools (tests/test_artifacts_deb_tools.py, test_log_rotation.py).
+    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl \
+        lintian:lintian systemd-analyze:systemd man:man-db logrotate:logrotate
 else
     apt_install serf:serf
 fi

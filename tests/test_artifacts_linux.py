@@ -149,7 +149,6 @@ def test_deb_installs_into_clean_root_and_purges(linux_dist: Path, tmp_path: Pat
     # --version is not a handler run: the launcher execs the frozen build.
     assert "(frozen onedir," in _version([str(link)])
     # postinst byte-compiled the capture modules for /usr/bin/python3.
-    # (serfbridge/capture/run.py: the handler module since the package is laid out by layer.)
     pycache = root / "usr/lib/serfbridge/capture/serfbridge/capture/__pycache__"
     assert any(p.name.startswith("run.") for p in pycache.iterdir())
 

@@ -10,6 +10,8 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 (dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
+A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
+``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
 """
 
 from __future__ import annotations
@@ -108,14 +110,34 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, path: str) -> None:
-        with open(path, "rb") as fh:
-            event = json.loads(fh.read())["event"]
+    def _attempt(self, paths: list[str]) -> int:
+        """Send ``paths`` (head first) as one message; how many were covered. An unreadable
+        later entry ends the digest there (it fails alone once it is the head)."""
+        events: list[Any] = []
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    events.append(json.loads(fh.read())["event"])
+            except (OSError, ValueError, KeyError):
+                if not events:
+                    raise
+                break
+        if len(events) == 1:
+            self._sink.send(events[0], canonical(events[0]))
+            return 1
+        return max(1, min(len(events), int(self._sink.send_digest(events))))
+
+    def _batch(self, names: list[str]) -> list[str] | None:
+        """The entries the next send takes, once the sink's rate allows; None on stop."""
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        self._sink.send(event, canonical(event))
+        if (delay := self._sink.pace()) > 0:
+            if self.stop.wait(delay):
+                return None
+            names = _json_files(self.queue)  # what arrived meanwhile can join a digest
+        return names[: max(1, int(self._sink.digest_size(len(names))))]
 
     def step(self, wake: bool) -> bool:
         """Try the head entry once if it is due; False when there is nothing to do now."""
@@ -130,7 +152,10 @@ class SinkWorker:
         if state.next_at > time.time() and not wake and not self.drain:
             return False
         try:
-            self._attempt(path)
+            batch = self._batch(names)
+            if batch is None:
+                return False
+            sent = batch[: self._attempt([os.path.join(self.queue, n) for n in batch])]
         except (SinkError, OSError, ValueError, KeyError) as exc:
             self._failed(path, state, exc)
             return not self.failed
@@ -138,9 +163,10 @@ class SinkWorker:
             log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
-        os.unlink(path)
-        self.delivered += 1
-        log.debug("delivered", sink=self.config.name, entry=head)
+        for name in sent:
+            os.unlink(os.path.join(self.queue, name))
+        self.delivered += len(sent)
+        log.debug("delivered", sink=self.config.name, entry=head, entries=len(sent))
         return True
 
     def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
