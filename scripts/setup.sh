@@ -36,7 +36,8 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-# A regular (non-editable) install: the tests exercise the installed console script, with its
+# A regular (non-editable) install: the tests exercise the installed `serfbridge` script (the
+# -I -S handler start of docs/building.md, "pip install"), with the package's
 # bytecode compiled at install time, exactly as a user's install runs it.
 if [ "$EXTRA" = "test" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check "$SERFBRIDGE_ROOT[test]"
