@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from support.nats import NatsServer
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
 from support.rabbitmq import RabbitMQServer
 from support.relay import Watcher
@@ -117,6 +118,14 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServe
         yield server
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream on a free port, its own store, stopped after."""
+    with _require(lambda: NatsServer(tmp_path / "nats")) as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture

@@ -115,9 +115,9 @@ def spawn_deliverer(config: str | None) -> None:
     argv = deliverer_argv(config)
     env = dict(os.environ)
     if getattr(sys, "frozen", False):
-        # A PyInstaller onefile child otherwise reuses this process's unpacked files, which the
-        # bootloader deletes when the handler exits: a deliverer still importing its sink's
-        # client (pika, paho, redis) then dies. The reset makes it unpack its own copy.
+        # A one-file build passes its unpacked bundle to children through the environment;
+        # the deliverer outlives this process, whose bundle is deleted when it exits, so it
+        # must unpack its own (PyInstaller >= 6.9 reads this variable).
         env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
     if sys.platform == "win32":
         import subprocess
@@ -125,12 +125,12 @@ def spawn_deliverer(config: str | None) -> None:
         flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
         subprocess.Popen(
             argv,
-            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
             creationflags=flags,
+            env=env,
         )
         return
     devnull = os.devnull
