@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from support.nats import NatsServer
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
+from support.rabbitmq import RabbitMQServer
 from support.relay import Watcher
 from support.serf import SerfCluster, serf_binary
 from support.servers import BlackholeServer, HttpReceiver, Mosquitto, RedisServer
@@ -104,6 +106,26 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     with _require(lambda: Mosquitto(tmp_path / "mosquitto")) as broker:
         broker.start()
         yield broker
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    """One private rabbitmq-server for the session (it takes seconds to boot); tests use
+    their own queues. Stopped, with its epmd, at the end."""
+    server = _require(lambda: RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream on a free port, its own store, stopped after."""
+    with _require(lambda: NatsServer(tmp_path / "nats")) as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture

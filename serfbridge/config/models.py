@@ -30,11 +30,13 @@ from serfbridge.config import secrets
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
+from serfbridge.sinks.amqp import AmqpSinkConfig
 from serfbridge.sinks.base import When
 from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
 from serfbridge.sinks.members import MembersSinkConfig
 from serfbridge.sinks.mqtt import MqttSinkConfig
+from serfbridge.sinks.nats import NatsSinkConfig
 from serfbridge.sinks.redis import RedisSinkConfig
 from serfbridge.sinks.webhook import WebhookSinkConfig
 
@@ -48,7 +50,9 @@ SinkConfig = Annotated[
     | MqttSinkConfig
     | RedisSinkConfig
     | CommandSinkConfig
-    | MembersSinkConfig,
+    | MembersSinkConfig
+    | NatsSinkConfig
+    | AmqpSinkConfig,
     Field(discriminator="type"),
 ]
 
