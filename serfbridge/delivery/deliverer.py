@@ -108,17 +108,35 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, path: str) -> None:
-        with open(path, "rb") as fh:
-            event = json.loads(fh.read())["event"]
+    def _attempt(self, paths: list[str]) -> list[SinkError | None]:
+        """Send the entries at ``paths`` (the head first) as one batch; the sink's outcomes.
+
+        Reading stops before the first unreadable entry after the head: it becomes the head
+        of the next step and fails there on its own."""
+        batch = []
+        for k, path in enumerate(paths):
+            try:
+                with open(path, "rb") as fh:
+                    event = json.loads(fh.read())["event"]
+            except (OSError, ValueError, KeyError):
+                if k == 0:
+                    raise
+                break
+            batch.append((event, canonical(event)))
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        self._sink.send(event, canonical(event))
+        outcomes: list[SinkError | None] = self._sink.send_batch(batch)
+        return outcomes
 
     def step(self, wake: bool) -> bool:
-        """Try the head entry once if it is due; False when there is nothing to do now."""
+        """Try the head entry, and up to the sink's ``max_batch`` after it, once if due;
+        False when there is nothing to do now.
+
+        Outcomes are applied in queue order: an entry is removed only once it and every
+        entry before it were delivered or dead-lettered, so a crash or a retry never skips
+        one."""
         names = _json_files(self.queue)
         if not names:
             return False
@@ -129,8 +147,10 @@ class SinkWorker:
             state = HeadState(name=head)
         if state.next_at > time.time() and not wake and not self.drain:
             return False
+        size = max(1, sink_class(self.config.type).max_batch)
+        paths = [os.path.join(self.queue, name) for name in names[:size]]
         try:
-            self._attempt(path)
+            outcomes = self._attempt(paths)
         except (SinkError, OSError, ValueError, KeyError) as exc:
             self._failed(path, state, exc)
             return not self.failed
@@ -138,10 +158,16 @@ class SinkWorker:
             log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
-        os.unlink(path)
-        self.delivered += 1
-        log.debug("delivered", sink=self.config.name, entry=head)
-        return True
+        for k, outcome in enumerate(outcomes):
+            if outcome is not None:
+                self._failed(paths[k], state if k == 0 else HeadState(name=names[k]), outcome)
+                if outcome.retryable:
+                    return not self.failed
+                continue
+            os.unlink(paths[k])
+            self.delivered += 1
+            log.debug("delivered", sink=self.config.name, entry=names[k])
+        return bool(outcomes)
 
     def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
         self._close()

@@ -21,13 +21,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from serfbridge.capture import render
-from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.sinks.base import Sink, SinkConfigBase
+from serfbridge.errors import SinkError, SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Item, Sink, SinkConfigBase, until_unavailable
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
@@ -155,6 +156,7 @@ class _Connection:
 
 class MqttSink(Sink):
     config: MqttSinkConfig
+    max_batch = 500
 
     def __init__(self, config: MqttSinkConfig) -> None:
         super().__init__(config)
@@ -228,35 +230,83 @@ class MqttSink(Sink):
         raise SinkUnavailable(f"{self._where} refused the connection: {reason}")
 
     def send(self, event: dict[str, Any], body: bytes) -> None:
+        topic = self._topic(event)
+        properties = _properties(event) if self.protocol == "5" else None
+        self.publish(topic, body, retain=self.config.retain, properties=properties)
+
+    def _topic(self, event: dict[str, Any]) -> str:
         topic = render.render(self.config.topic, event)
         problem = topic_problem(topic)
         if problem:
             raise SinkRejected(f"rendered topic {topic!r} {problem}")
-        properties = _properties(event) if self.protocol == "5" else None
-        self.publish(topic, body, retain=self.config.retain, properties=properties)
+        return topic
+
+    def send_batch(self, batch: Sequence[Item]) -> list[SinkError | None]:
+        """PUBLISH every event, then wait for all the acknowledgements (the in-flight window).
+
+        paho keeps at most ``max_inflight_messages`` (20, mosquitto's default receive
+        maximum) unacknowledged and queues the rest in order; one connection delivers in
+        order, so the order per topic is the order of the batch.
+        """
+        sent: list[tuple[str, MQTTMessageInfo] | SinkError] = []
+        for event, body in batch:
+            try:
+                topic = self._topic(event)
+                properties = _properties(event) if self.protocol == "5" else None
+                info = self._publish(topic, body, self.config.retain, properties)
+            except SinkRejected as exc:
+                sent.append(exc)
+                continue
+            except SinkUnavailable as exc:
+                sent.append(exc)
+                break
+            sent.append((topic, info))
+        # One deadline for the batch: a silent broker costs ``timeout`` once, not per event.
+        deadline = time.monotonic() + self.config.timeout
+        outcomes: list[SinkError | None] = []
+        for item in sent:
+            if isinstance(item, SinkError):
+                outcomes.append(item)
+                continue
+            try:
+                self._acknowledged(*item, deadline)
+            except SinkError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(None)
+        return until_unavailable(outcomes)
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
     ) -> None:
         """One PUBLISH at the sink's QoS, waited for as ``send`` does (also used by the
         members sink for its retained per-member messages)."""
+        info = self._publish(topic, payload, retain, properties)
+        self._acknowledged(topic, info, time.monotonic() + self.config.timeout)
+
+    def _publish(
+        self, topic: str, payload: bytes, retain: bool, properties: Properties | None
+    ) -> MQTTMessageInfo:
+        """Hand one PUBLISH to paho without waiting for it."""
         client, conn, cfg = self._client, self._conn, self.config
         if client is None or conn.closed.is_set() or not client.is_connected():
             raise SinkUnavailable(f"not connected to {self._where}")
         try:
-            info = client.publish(topic, payload, qos=cfg.qos, retain=retain, properties=properties)
+            return client.publish(topic, payload, qos=cfg.qos, retain=retain, properties=properties)
         except ValueError as exc:
             raise SinkRejected(f"cannot publish to {topic!r}: {exc}") from exc
-        self._wait(info)
-        reason = conn.acks.pop(info.mid, None)
+
+    def _acknowledged(self, topic: str, info: MQTTMessageInfo, deadline: float) -> None:
+        """Wait for ``info``'s acknowledgement and map a refusal to a SinkError."""
+        self._wait(info, deadline)
+        reason = self._conn.acks.pop(info.mid, None)
         if reason is not None and reason.is_failure:
             error = SinkRejected if reason.value in _EVENT_REFUSED else SinkUnavailable
             raise error(f"{self._where} refused the message on {topic!r}: {reason}")
 
-    def _wait(self, info: MQTTMessageInfo) -> None:
-        """Until acknowledged (QoS 1/2) or written (QoS 0), at most ``timeout``."""
+    def _wait(self, info: MQTTMessageInfo, deadline: float) -> None:
+        """Until acknowledged (QoS 1/2) or written (QoS 0), at most until ``deadline``."""
         timeout = self.config.timeout
-        deadline = time.monotonic() + timeout
         try:
             while not info.is_published():
                 if self._conn.closed.is_set():

@@ -183,6 +183,9 @@ class WebhookSink(Sink):
     """POSTs each event to ``config.url`` in ``config.format``."""
 
     config: WebhookSinkConfig
+    # Sent one after another on the keep-alive connection; the batch only saves the
+    # deliverer a queue listing per event.
+    max_batch = 100
 
     def __init__(self, config: WebhookSinkConfig) -> None:
         super().__init__(config)
