@@ -17,6 +17,7 @@ Failures (docs/sink-mqtt.md):
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
@@ -39,6 +40,9 @@ _VERSIONS = {"5": ("5",), "3.1.1": ("3.1.1",), "auto": ("5", "3.1.1")}
 _UNSUPPORTED_VERSION = 0x84
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8C})  # bad user name or password, not authorized, ...
 _EVENT_REFUSED = frozenset({0x90, 0x95, 0x99})  # topic name invalid, too large, bad payload
+# PUBLISHes awaiting their PUBACK in send_batch: paho's own limit, and mosquitto's default
+# receive maximum.
+_WINDOW = 20
 _CLOSE_GRACE = 1.0  # seconds close() waits for a clean DISCONNECT before cutting the socket
 
 
@@ -242,39 +246,48 @@ class MqttSink(Sink):
         return topic
 
     def send_batch(self, batch: Sequence[Item]) -> list[SinkError | None]:
-        """PUBLISH every event, then wait for all the acknowledgements (the in-flight window).
+        """PUBLISH the batch with up to ``_WINDOW`` messages awaiting their acknowledgement.
 
-        paho keeps at most ``max_inflight_messages`` (20, mosquitto's default receive
-        maximum) unacknowledged and queues the rest in order; one connection delivers in
-        order, so the order per topic is the order of the batch.
+        One connection delivers in order, so the order per topic is the order of the batch.
+        The window is kept here rather than in paho's queue: paho scans its whole queue on
+        every PUBACK, which costs more than the round trips it saves once the queue is long.
         """
-        sent: list[tuple[str, MQTTMessageInfo] | SinkError] = []
-        for event, body in batch:
+        outcomes: list[SinkError | None] = [None] * len(batch)
+        window: collections.deque[tuple[int, str, MQTTMessageInfo]] = collections.deque()
+        deadline = time.monotonic() + self.config.timeout
+        lost = False
+
+        def settle() -> None:
+            nonlocal deadline, lost
+            k, topic, info = window.popleft()
+            try:
+                self._acknowledged(topic, info, deadline)
+            except SinkError as exc:
+                outcomes[k] = exc
+                lost = lost or exc.retryable
+            # Each acknowledgement buys the next one a full timeout.
+            deadline = time.monotonic() + self.config.timeout
+
+        end = len(batch)
+        for k, (event, body) in enumerate(batch):
+            if lost:
+                end = k
+                break
+            while len(window) >= _WINDOW:
+                settle()
             try:
                 topic = self._topic(event)
                 properties = _properties(event) if self.protocol == "5" else None
                 info = self._publish(topic, body, self.config.retain, properties)
-            except SinkRejected as exc:
-                sent.append(exc)
-                continue
-            except SinkUnavailable as exc:
-                sent.append(exc)
-                break
-            sent.append((topic, info))
-        # One deadline for the batch: a silent broker costs ``timeout`` once, not per event.
-        deadline = time.monotonic() + self.config.timeout
-        outcomes: list[SinkError | None] = []
-        for item in sent:
-            if isinstance(item, SinkError):
-                outcomes.append(item)
-                continue
-            try:
-                self._acknowledged(*item, deadline)
+                window.append((k, topic, info))
             except SinkError as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(None)
-        return until_unavailable(outcomes)
+                outcomes[k] = exc
+                if exc.retryable:
+                    end = k + 1
+                    break
+        while window:
+            settle()
+        return until_unavailable(outcomes[:end])
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
