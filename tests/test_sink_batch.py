@@ -175,3 +175,27 @@ def test_batches_of_any_size_keep_order(
     assert serfbridge(serfbridge_cmd, node, "flush").returncode == 0
     docs = redis_server.event_docs()
     assert [d["ltime"] for d in docs] == list(range(1, size + 1))
+
+
+def test_webhook_in_flight_delivers_each_once_and_reports_in_batch_order(
+    http_receiver: HttpReceiver,
+) -> None:
+    """max_in_flight = 4: every event arrives once; a 503 is reported at its own place."""
+    from serfbridge.sinks.webhook import WebhookSink, WebhookSinkConfig
+
+    config = WebhookSinkConfig.model_validate(
+        {"type": "webhook", "name": "h", "url": http_receiver.url, "max_in_flight": 4}
+    )
+    batch = [user("seq", k) for k in range(1, 41)]
+    with WebhookSink(config) as sink:
+        outcomes = sink.send_batch(batch)
+    assert outcomes == [None] * 40
+    assert sorted(r.json()["ltime"] for r in http_receiver.requests) == list(range(1, 41))
+    http_receiver.clear()
+    http_receiver.respond_with(503)  # whichever POST comes first
+    with WebhookSink(config) as sink:
+        outcomes = sink.send_batch(batch)
+    failed = [k for k, o in enumerate(outcomes) if o is not None]
+    assert len(failed) == 1
+    assert isinstance(outcomes[failed[0]], SinkUnavailable)
+    assert len(outcomes) == failed[0] + 1  # the list ends at the unavailable one

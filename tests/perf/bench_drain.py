@@ -6,8 +6,9 @@ subscriber in their own process (``collector.py``), ``redis-server`` and ``mosqu
 Then:
 
 1. **outage**: N events are captured into the spool exactly as the handler does it
-   (``spool.capture``: write, fsync, rename) for three sinks (webhook, Redis stream, MQTT
-   QoS 1) whose servers are all down, and ``serfbridge flush`` runs once: it fans the
+   (``spool.capture``: write, fsync, rename) for four sinks (webhook, a second webhook with
+   ``max_in_flight = 4`` on its own receiver, Redis stream, MQTT QoS 1) whose servers are
+   all down, and ``serfbridge flush`` runs once: it fans the
    entries out into one queue per sink, tries each head once and fails;
 2. per sink, the server comes back and two rows are measured, one after the other:
    the **bare loop**, the sink's client library sending the same N bodies one by one over
@@ -54,15 +55,18 @@ from support.servers import Mosquitto, RedisServer
 
 from serfbridge.capture import spool
 
+SINKS = ["hook", "hook4", "redis", "mqtt"]
 WAIT = 600.0  # any one step; the loops are bounded by --events
 
 
-def write_config(work: Path, http: int, redis_url: str, mqtt: int) -> Path:
+def write_config(work: Path, http: int, http4: int, redis_url: str, mqtt: int) -> Path:
     config = work / "drain.toml"
     config.write_text(
         f'state_dir = "{work / "state"}"\nlog_file = "{work / "serfbridge.log"}"\n'
         'log_level = "warning"\n'
         f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "http://127.0.0.1:{http}/hook"\n'
+        f'[[sinks]]\ntype = "webhook"\nname = "hook4"\nurl = "http://127.0.0.1:{http4}/hook4"\n'
+        "max_in_flight = 4\n"
         f'[[sinks]]\ntype = "redis"\nname = "redis"\nurl = "{redis_url}"\nstream = "bench"\n'
         "maxlen = 1000000\n"
         f'[[sinks]]\ntype = "mqtt"\nname = "mqtt"\nurl = "mqtt://127.0.0.1:{mqtt}"\n'
@@ -144,7 +148,8 @@ def main() -> int:
     http_port = free_port()
     rserver = RedisServer(work / "redis")
     broker = Mosquitto(work / "mqtt", extra_config=["max_queued_messages 0"])
-    config = write_config(work, http_port, rserver.url, broker.port)
+    http4_port = free_port()
+    config = write_config(work, http_port, http4_port, rserver.url, broker.port)
     log = work / "flush.log"
     rows: list[tuple[str, str, float, Run, str]] = []
 
@@ -161,12 +166,12 @@ def main() -> int:
         state = str(work / "state")
         started = time.perf_counter()
         for _, text in events:
-            spool.capture(state, ["hook", "redis", "mqtt"], text)
+            spool.capture(state, SINKS, text)
         captured = time.perf_counter() - started
         outage = flush("outage")
         queued = sum(
             1
-            for sink in ("hook", "redis", "mqtt")
+            for sink in SINKS
             for name in os.listdir(work / "state/spool/queue" / sink)
             if not name.startswith(".")
         )
@@ -199,6 +204,10 @@ def main() -> int:
         bare("webhook", "bare loop: httpx, one keep-alive connection",
              lambda: bare_http(url, bodies), http_ids)  # fmt: skip
         drain("webhook", http_ids)
+        collector.http(http4_port)
+        run = flush("webhook4")
+        rows.append(("webhook", "serfbridge flush, max_in_flight = 4", run.seconds, run,
+                     order_check(expected, http_ids())))  # fmt: skip
 
         rserver.start()
         bare_ids = lambda: redis_ids(rserver.url, "bare")  # noqa: E731

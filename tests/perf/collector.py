@@ -8,7 +8,7 @@ receiver (``tests/support/servers.py``: ThreadingHTTPServer, HTTP/1.1 keep-alive
 can keep the sink "down" first). It prints ``ready`` and then answers one command per line
 on stdin, each with one line:
 
-``http <port>``  listen for HTTP on ``<port>``: ``up``
+``http <port>``  listen for HTTP on ``<port>`` (one more receiver each time): ``up``
 ``mqtt <port>``  subscribe at the broker on ``<port>``: ``up``
 ``serf <addr>``  subscribe to user events on the agent's RPC stream at ``<addr>``: ``up``
 ``count``      requests, MQTT messages and stream records received: ``<http> <mqtt> <serf>``
@@ -102,15 +102,16 @@ def ids(items: list[tuple[bytes, float]]) -> list[tuple[str, str, float]]:
 
 def main() -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    receiver = HttpReceiver()
+    receivers: list[HttpReceiver] = []
     mqtt: MqttCollector | None = None
     serf: SerfCollector | None = None
     print("ready", flush=True)
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "http":
+            receiver = HttpReceiver()
             receiver.port = int(arg)
-            receiver.start()
+            receivers.append(receiver.start())
             print("up", flush=True)
         elif command == "mqtt":
             mqtt = MqttCollector(int(arg))
@@ -121,11 +122,13 @@ def main() -> int:
         elif command == "count":
             messages = len(mqtt.received) if mqtt else 0
             streamed = len(serf.received) if serf else 0
-            print(f"{len(receiver.requests)} {messages} {streamed}", flush=True)
+            requests = sum(len(r.requests) for r in receivers)
+            print(f"{requests} {messages} {streamed}", flush=True)
         elif command == "ids":
-            requests = receiver.requests
-            http = [(r.body, r.time - time.monotonic() + time.time()) for r in requests]
-            receiver.clear()
+            offset = time.time() - time.monotonic()
+            http = [(r.body, r.time + offset) for rcv in receivers for r in rcv.requests]
+            for rcv in receivers:
+                rcv.clear()
             answer = {
                 "http": ids(http),
                 "mqtt": ids(mqtt.take()) if mqtt else [],
@@ -134,7 +137,8 @@ def main() -> int:
             print(json.dumps(answer), flush=True)
         elif command == "quit":
             break
-    receiver.stop()
+    for receiver in receivers:
+        receiver.stop()
     if mqtt:
         mqtt.client.disconnect()
         mqtt.client.loop_stop()
