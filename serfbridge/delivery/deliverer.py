@@ -109,10 +109,8 @@ class SinkWorker:
             self._sink = None
 
     def _attempt(self, paths: list[str]) -> list[SinkError | None]:
-        """Send the entries at ``paths`` (the head first) as one batch; the sink's outcomes.
-
-        Reading stops before the first unreadable entry after the head: it becomes the head
-        of the next step and fails there on its own."""
+        """The sink's outcomes for the entries at ``paths`` (the head first) as one batch;
+        an unreadable entry after the head ends the batch (it fails as the next head)."""
         batch = []
         for k, path in enumerate(paths):
             try:
@@ -131,12 +129,9 @@ class SinkWorker:
         return outcomes
 
     def step(self, wake: bool) -> bool:
-        """Try the head entry, and up to the sink's ``max_batch`` after it, once if due;
-        False when there is nothing to do now.
-
-        Outcomes are applied in queue order: an entry is removed only once it and every
-        entry before it were delivered or dead-lettered, so a crash or a retry never skips
-        one."""
+        """Try the head entry and the sink's ``max_batch`` after it once, if due; False when
+        there is nothing to do now. Outcomes are applied in queue order: an entry is removed
+        only once it and every earlier one were delivered or dead-lettered."""
         names = _json_files(self.queue)
         if not names:
             return False
@@ -278,7 +273,7 @@ class Deliverer:
             return True
         return any(_json_files(w.queue) for w in self.workers)
 
-    def _check_wake(self) -> None:
+    def _check_wake(self, look: bool) -> None:
         path = spool_dir(self.state_dir, WAKE_FILE)
         if os.path.exists(path):
             self.wake.set()
@@ -286,7 +281,7 @@ class Deliverer:
                 os.unlink(path)
             except OSError:
                 pass
-        elif self.wake.is_set() and not self.pending():
+        elif look and self.wake.is_set() and not self.pending():
             self.wake.clear()
 
     def run(self) -> None:
@@ -300,18 +295,21 @@ class Deliverer:
         self.fan_out()
         for t in threads:
             t.start()
-        idle_since = time.monotonic()
+        idle_since = looked = time.monotonic()
+        linger = self.settings.delivery.linger
         try:
             while True:
-                self._check_wake()
-                if self.fan_out() or self.pending():
+                # pending() lists every queue: at every poll, most of a long drain's CPU.
+                # Twice a second and before lingering ends; a drain ends by its workers.
+                now = time.monotonic()
+                look = not self.drain and (now - looked >= 0.5 or now - idle_since >= linger)
+                looked = now if look else looked
+                self._check_wake(look)
+                if self.fan_out() or (look and self.pending()):
                     idle_since = time.monotonic()
                 if self.drain and not any(t.is_alive() for t in threads):
                     break
-                if (
-                    not self.drain
-                    and time.monotonic() - idle_since >= self.settings.delivery.linger
-                ):
+                if not self.drain and time.monotonic() - idle_since >= linger:
                     break
                 time.sleep(self.settings.delivery.poll_interval)
         finally:
