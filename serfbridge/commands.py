@@ -10,7 +10,13 @@ from typing import Any
 
 from serfbridge import __version__, log
 from serfbridge.capture import paths
-from serfbridge.errors import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, SerfbridgeError
+from serfbridge.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    SerfbridgeError,
+)
 
 EXIT_PENDING = 8
 
@@ -56,7 +62,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     path = paths.config_path(args.config)
     source = path if os.path.exists(path) else "built-in defaults (no config file)"
-    print(f"config: {source}: ok")
+    from serfbridge.config.models import placeholders
+
+    suspicious = placeholders(settings)
+    print(f"config: {source}: " + ("ok" if not suspicious else "SUSPICIOUS"))
+    for item in suspicious:
+        print(f"  looks like an unexpanded placeholder: {item}", file=sys.stderr)
     print(f"state_dir: {settings.state_path}")
     failures = 0
     for sink in settings.effective_sinks():
@@ -81,6 +92,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
+    if suspicious:
+        # A "$REDIS_PW" that nobody expanded would be used as the literal password.
+        print(
+            "config: interpolation is ${VAR} or ${VAR:-default}; $$ is a literal $",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return EXIT_OK if not failures else EXIT_UNREACHABLE
 
 
@@ -96,6 +114,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
+    log.follow_rotation()
     serve(settings)
     return EXIT_OK
 
@@ -175,6 +194,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     # Refusals go to stderr, where the operator starting the relay looks.
     check_listeners(settings)
     _configure_log(settings)
+    log.follow_rotation()
     path = paths.config_path(args.config)
     serve(settings, path if os.path.exists(path) else None)
     return EXIT_OK

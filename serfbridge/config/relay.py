@@ -11,8 +11,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from serfbridge import signing
+from serfbridge.sinks.natsconn import NatsConnection
+
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
-SOURCE_TYPES = ("http", "redis", "mqtt", "local")
+SOURCE_TYPES = ("http", "redis", "mqtt", "local", "nats")
+# Names NATS accepts for queue groups and durable consumers.
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Section(BaseModel):
@@ -66,11 +71,24 @@ class HttpSourceConfig(SourceConfigBase):
     tls_key: str | None = Field(default=None, description="PEM private key for tls_cert.")
     max_body: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     threads: int = Field(default=8, ge=1, le=256, description="Concurrent requests.")
+    signature: Literal["serfbridge", "standard-webhooks"] = Field(
+        default="serfbridge",
+        description="Signature headers: X-Serfbridge-*, or Standard Webhooks' webhook-id, "
+        "webhook-timestamp, webhook-signature (hmac_key is then a whsec_ secret).",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSourceConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _standard_key(self) -> HttpSourceConfig:
+        if self.signature == "standard-webhooks":
+            if self.hmac_key is None:
+                raise ValueError('signature = "standard-webhooks" needs hmac_key')
+            signing.standard_key(self.hmac_key.get_secret_value())
         return self
 
 
@@ -128,8 +146,34 @@ class LocalSourceConfig(SourceConfigBase):
         return self
 
 
+class NatsSourceConfig(SourceConfigBase, NatsConnection):
+    type: Literal["nats"]
+    token: SecretStr | None = Field(
+        default=None,
+        description="NATS server login token (messages authenticate with hmac_key signatures).",
+    )
+    subject: str = Field(min_length=1, description="Subject to read; wildcards allowed.")
+    queue: str = Field(
+        default="serfbridge", pattern=NAME_PATTERN, description="Core NATS queue group."
+    )
+    stream: str | None = Field(
+        default=None, description="JetStream stream: read it through the durable consumer."
+    )
+    durable: str = Field(
+        default="serfbridge", pattern=NAME_PATTERN, description="Durable pull consumer name."
+    )
+    ack_wait: float = Field(
+        default=60.0, gt=0, le=3600, description="Seconds JetStream waits for an ack."
+    )
+    batch: int = Field(default=10, ge=1, le=1000, description="Messages per JetStream fetch.")
+    workers: int = Field(default=4, ge=1, le=64, description="Core messages handled at once.")
+    dead_letter: str | None = Field(
+        default=None, description="Subject that gets refused messages with their reason."
+    )
+
+
 SourceConfig = Annotated[
-    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig,
+    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig | NatsSourceConfig,
     Field(discriminator="type"),
 ]
 

@@ -10,6 +10,8 @@ Per sink, the oldest entry is the head: it is sent until it succeeds, is rejecte
 (dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
 ``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
 asked for. Later entries wait behind the head, so each sink sees events in capture order.
+A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
+``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files, jsonenc
+from serfbridge.capture import files
 from serfbridge.capture.files import fsync_dir, write_atomic
 from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
-from serfbridge.delivery import once
+from serfbridge.delivery import batch, once
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
@@ -41,12 +43,6 @@ def _json_files(directory: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
-
-
-def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
-    order kept."""
-    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
@@ -108,28 +104,24 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, paths: list[str]) -> list[SinkError | None]:
-        """The sink's outcomes for the entries at ``paths`` (the head first) as one batch;
-        an unreadable entry after the head ends the batch (it fails as the next head)."""
-        batch = []
-        for k, path in enumerate(paths):
-            try:
-                with open(path, "rb") as fh:
-                    event = json.loads(fh.read())["event"]
-            except (OSError, ValueError, KeyError):
-                if k == 0:
-                    raise
-                break
-            batch.append((event, canonical(event)))
+    def _batch(self, names: list[str]) -> tuple[list[str], bool] | None:
+        """The entries the next send takes once the sink's rate allows, and whether they are
+        one digest message (``digest_size``) or a batch (``max_batch``); None on stop."""
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
             self._sink = sink
-        outcomes: list[SinkError | None] = self._sink.send_batch(batch)
-        return outcomes
+        if (delay := self._sink.pace()) > 0:
+            if self.stop.wait(delay):
+                return None
+            names = _json_files(self.queue)  # what arrived meanwhile can join a digest
+        digest = max(1, int(self._sink.digest_size(len(names))))
+        if digest > 1:
+            return names[:digest], True
+        return names[: max(1, self._sink.max_batch)], False
 
     def step(self, wake: bool) -> bool:
-        """Try the head entry and the sink's ``max_batch`` after it once, if due; False when
+        """Try the head entry and those the sink takes with it once, if due; False when
         there is nothing to do now. Outcomes are applied in queue order: an entry is removed
         only once it and every earlier one were delivered or dead-lettered."""
         names = _json_files(self.queue)
@@ -142,15 +134,16 @@ class SinkWorker:
             state = HeadState(name=head)
         if state.next_at > time.time() and not wake and not self.drain:
             return False
-        size = max(1, sink_class(self.config.type).max_batch)
-        paths = [os.path.join(self.queue, name) for name in names[:size]]
         try:
-            outcomes = self._attempt(paths)
-        except (SinkError, OSError, ValueError, KeyError) as exc:
-            self._failed(path, state, exc)
-            return not self.failed
+            chosen = self._batch(names)
+            if chosen is None:
+                return False
+            names, digest = chosen
+            paths = [os.path.join(self.queue, name) for name in names]
+            outcomes = batch.send(self._sink, paths, digest)
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill delivery
-            log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
+            if not isinstance(exc, SinkError | OSError | ValueError | KeyError):
+                log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
         for k, outcome in enumerate(outcomes):

@@ -65,6 +65,9 @@ class Source:
         self.relay = relay
         self.name: str = config.name
         self.gate = Gate(config, relay)
+        #: A broker source's link: False while it is down. None: a listener, up while started
+        #: (``serfbridge_relay_source_up``).
+        self.connected: bool | None = None
 
     def start(self) -> None:
         raise NotImplementedError
@@ -86,6 +89,8 @@ class Gate:
             config.hmac_key.get_secret_value() if config.hmac_key else None,
             max_skew=config.max_skew,
             require_signature=config.require_signature,
+            # Only the HTTP source has a choice of signature headers.
+            scheme=getattr(config, "signature", "serfbridge"),
         )
 
     def handle(
