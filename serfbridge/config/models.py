@@ -30,6 +30,7 @@ from serfbridge.config import secrets
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
+from serfbridge.sinks.amqp import AmqpSinkConfig
 from serfbridge.sinks.base import When
 from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
@@ -50,7 +51,8 @@ SinkConfig = Annotated[
     | RedisSinkConfig
     | CommandSinkConfig
     | MembersSinkConfig
-    | NatsSinkConfig,
+    | NatsSinkConfig
+    | AmqpSinkConfig,
     Field(discriminator="type"),
 ]
 

@@ -8,6 +8,11 @@ A batch from the deliverer (``send_batch``) goes out as one pipeline of XADDs wi
 one round trip, and each entry's reply is mapped on its own, so one entry refused with
 WRONGTYPE is dead-lettered alone while the others in the batch are delivered.
 
+With ``format = "cloudevents"`` (Redis has no CloudEvents binding, so this follows the spec's
+JSON event format for structured mode) ``data`` is the CloudEvents JSON envelope around the
+document (serfbridge.sinks.cloudevents) and a last field ``content_type`` says
+``application/cloudevents+json``.
+
 redis-py is imported inside the class: this module is imported whenever the configuration is
 loaded, and ``import redis`` costs about 0.1 to 0.3 s (its package ``__init__`` always loads
 ``redis.asyncio`` too, whatever name is imported from it), so only the deliverer pays it.
@@ -62,6 +67,10 @@ class RedisSinkConfig(SinkConfigBase):
     password: SecretStr | None = None
     ssl_ca_certs: str | None = None
     timeout: float = Field(default=5.0, gt=0, le=300)
+    format: Literal["json", "cloudevents"] = Field(
+        default="json", description="data: the document, or a structured CloudEvent."
+    )
+    source: str | None = Field(default=None, description="CloudEvents source; serf://<node>.")
 
     @field_validator("url")
     @classmethod
@@ -222,6 +231,11 @@ class RedisSink(Sink):
             "name": event.get("name") or "",
             "data": body,
         }
+        if self.config.format == "cloudevents":
+            from serfbridge.sinks import cloudevents
+
+            fields["data"] = cloudevents.structured(event, body, self.config.source)
+            fields["content_type"] = cloudevents.STRUCTURED_CONTENT_TYPE
         return render.render(self.config.stream, event), fields
 
     def send_batch(self, batch: Sequence[Item]) -> list[SinkError | None]:
