@@ -86,6 +86,61 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
 
 def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
     """Append to file sinks inline; spool the event for every other matching sink."""
+    spooled = file_sinks_inline(cfg, doc, event_json)
+    if not spooled:
+        return EXIT_OK
+    try:
+        spool.capture(cfg["state_dir"], spooled, event_json)
+    except OSError as exc:
+        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
+        return EXIT_SPOOL
+    start_deliverer(cfg, config_arg)
+    return EXIT_OK
+
+
+def route_many(
+    cfg: Compiled, items: list[tuple[EventDoc, str, str | None]], config_arg: str | None
+) -> list[int | None]:
+    """``route_once`` for a batch of (document, JSON, relay id), spooled with one group
+    commit (``spool.capture_many``) and one look for the deliverer: stream mode's path,
+    where events come faster than one fsync each allows. One status per item."""
+    statuses: list[int | None] = []
+    spooled: list[tuple[list[str], str]] = []
+    owners: list[int] = []
+    for k, (doc, event_json, relay_id) in enumerate(items):
+        if relay_id is not None:
+            from serfbridge.capture import seen
+
+            if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
+                log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
+                statuses.append(None)
+                continue
+        statuses.append(EXIT_OK)
+        sinks = file_sinks_inline(cfg, doc, event_json)
+        if sinks:
+            spooled.append((sinks, event_json))
+            owners.append(k)
+    if not spooled:
+        return statuses
+    try:
+        spool.capture_many(cfg["state_dir"], spooled)
+    except OSError as exc:
+        log.error("cannot spool events", count=len(spooled), error=str(exc))
+        for k in owners:
+            statuses[k] = EXIT_SPOOL
+            relay_id = items[k][2]
+            if relay_id is not None:
+                from serfbridge.capture import seen
+
+                seen.forget(cfg["state_dir"], relay_id)
+        return statuses
+    start_deliverer(cfg, config_arg)
+    return statuses
+
+
+def file_sinks_inline(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str]:
+    """Append to the matching file sinks; the names of the sinks the event is to be
+    spooled for (the others, and a file sink whose append failed)."""
     spooled: list[str] = []
     line = b""
     for sink in route_decision.sinks_for(cfg, doc):
@@ -99,14 +154,12 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
                     "file sink failed, spooling the event", sink=sink["name"], error=str(exc)
                 )
         spooled.append(sink["name"])
-    if not spooled:
-        return EXIT_OK
+    return spooled
+
+
+def start_deliverer(cfg: Compiled, config_arg: str | None) -> None:
+    """Start the deliverer unless one is running (or the config says not to)."""
     state_dir = cfg["state_dir"]
-    try:
-        spool.capture(state_dir, spooled, event_json)
-    except OSError as exc:
-        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
-        return EXIT_SPOOL
     if cfg["spawn_deliverer"]:
         try:
             if not spool.deliverer_running(state_dir):
@@ -114,7 +167,6 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
         except OSError as exc:
             # The event is safe in the spool; the next handler run or `flush` delivers it.
             log.error("cannot start the deliverer", error=str(exc))
-    return EXIT_OK
 
 
 def route_once(
@@ -125,15 +177,7 @@ def route_once(
     forgotten, so the repeat gets its chance."""
     if relay_id is None:
         return route(cfg, doc, event_json, config_arg)
-    from serfbridge.capture import seen
-
-    if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
-        log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
-        return None
-    status = route(cfg, doc, event_json, config_arg)
-    if status != EXIT_OK:
-        seen.forget(cfg["state_dir"], relay_id)
-    return status
+    return route_many(cfg, [(doc, event_json, relay_id)], config_arg)[0]
 
 
 def _without_config(

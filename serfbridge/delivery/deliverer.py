@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files, jsonenc
+from serfbridge.capture import files
 from serfbridge.capture.files import fsync_dir, write_atomic
 from serfbridge.capture.spool import entry_time, spool_dir
 from serfbridge.config.models import DeliveryConfig, Settings
-from serfbridge.delivery import once
+from serfbridge.delivery import batch, once
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
@@ -43,12 +43,6 @@ def _json_files(directory: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
-
-
-def canonical(event: dict[str, Any]) -> bytes:
-    """The same bytes the handler's file sink writes (one encoder): compact, UTF-8, key
-    order kept."""
-    return jsonenc.dumps(event).encode("utf-8")
 
 
 @dataclass
@@ -110,25 +104,9 @@ class SinkWorker:
             self._sink.close()
             self._sink = None
 
-    def _attempt(self, paths: list[str]) -> int:
-        """Send ``paths`` (head first) as one message; how many were covered. An unreadable
-        later entry ends the digest there (it fails alone once it is the head)."""
-        events: list[Any] = []
-        for path in paths:
-            try:
-                with open(path, "rb") as fh:
-                    events.append(json.loads(fh.read())["event"])
-            except (OSError, ValueError, KeyError):
-                if not events:
-                    raise
-                break
-        if len(events) == 1:
-            self._sink.send(events[0], canonical(events[0]))
-            return 1
-        return max(1, min(len(events), int(self._sink.send_digest(events))))
-
-    def _batch(self, names: list[str]) -> list[str] | None:
-        """The entries the next send takes, once the sink's rate allows; None on stop."""
+    def _batch(self, names: list[str]) -> tuple[list[str], bool] | None:
+        """The entries the next send takes once the sink's rate allows, and whether they are
+        one digest message (``digest_size``) or a batch (``max_batch``); None on stop."""
         if self._sink is None:
             sink = sink_class(self.config.type)(self.config)
             sink.open()
@@ -137,10 +115,15 @@ class SinkWorker:
             if self.stop.wait(delay):
                 return None
             names = _json_files(self.queue)  # what arrived meanwhile can join a digest
-        return names[: max(1, int(self._sink.digest_size(len(names))))]
+        digest = max(1, int(self._sink.digest_size(len(names))))
+        if digest > 1:
+            return names[:digest], True
+        return names[: max(1, self._sink.max_batch)], False
 
     def step(self, wake: bool) -> bool:
-        """Try the head entry once if it is due; False when there is nothing to do now."""
+        """Try the head entry and those the sink takes with it once, if due; False when
+        there is nothing to do now. Outcomes are applied in queue order: an entry is removed
+        only once it and every earlier one were delivered or dead-lettered."""
         names = _json_files(self.queue)
         if not names:
             return False
@@ -152,22 +135,27 @@ class SinkWorker:
         if state.next_at > time.time() and not wake and not self.drain:
             return False
         try:
-            batch = self._batch(names)
-            if batch is None:
+            chosen = self._batch(names)
+            if chosen is None:
                 return False
-            sent = batch[: self._attempt([os.path.join(self.queue, n) for n in batch])]
-        except (SinkError, OSError, ValueError, KeyError) as exc:
-            self._failed(path, state, exc)
-            return not self.failed
+            names, digest = chosen
+            paths = [os.path.join(self.queue, name) for name in names]
+            outcomes = batch.send(self._sink, paths, digest)
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill delivery
-            log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
+            if not isinstance(exc, SinkError | OSError | ValueError | KeyError):
+                log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
             self._failed(path, state, exc)
             return not self.failed
-        for name in sent:
-            os.unlink(os.path.join(self.queue, name))
-        self.delivered += len(sent)
-        log.debug("delivered", sink=self.config.name, entry=head, entries=len(sent))
-        return True
+        for k, outcome in enumerate(outcomes):
+            if outcome is not None:
+                self._failed(paths[k], state if k == 0 else HeadState(name=names[k]), outcome)
+                if outcome.retryable:
+                    return not self.failed
+                continue
+            os.unlink(paths[k])
+            self.delivered += 1
+            log.debug("delivered", sink=self.config.name, entry=names[k])
+        return bool(outcomes)
 
     def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
         self._close()
@@ -278,7 +266,7 @@ class Deliverer:
             return True
         return any(_json_files(w.queue) for w in self.workers)
 
-    def _check_wake(self) -> None:
+    def _check_wake(self, look: bool) -> None:
         path = spool_dir(self.state_dir, WAKE_FILE)
         if os.path.exists(path):
             self.wake.set()
@@ -286,7 +274,7 @@ class Deliverer:
                 os.unlink(path)
             except OSError:
                 pass
-        elif self.wake.is_set() and not self.pending():
+        elif look and self.wake.is_set() and not self.pending():
             self.wake.clear()
 
     def run(self) -> None:
@@ -300,18 +288,21 @@ class Deliverer:
         self.fan_out()
         for t in threads:
             t.start()
-        idle_since = time.monotonic()
+        idle_since = looked = time.monotonic()
+        linger = self.settings.delivery.linger
         try:
             while True:
-                self._check_wake()
-                if self.fan_out() or self.pending():
+                # pending() lists every queue: at every poll, most of a long drain's CPU.
+                # Twice a second and before lingering ends; a drain ends by its workers.
+                now = time.monotonic()
+                look = not self.drain and (now - looked >= 0.5 or now - idle_since >= linger)
+                looked = now if look else looked
+                self._check_wake(look)
+                if self.fan_out() or (look and self.pending()):
                     idle_since = time.monotonic()
                 if self.drain and not any(t.is_alive() for t in threads):
                     break
-                if (
-                    not self.drain
-                    and time.monotonic() - idle_since >= self.settings.delivery.linger
-                ):
+                if not self.drain and time.monotonic() - idle_since >= linger:
                     break
                 time.sleep(self.settings.delivery.poll_interval)
         finally:

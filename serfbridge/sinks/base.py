@@ -1,20 +1,27 @@
 """What every sink shares: the config fields and the delivery interface.
 
-A sink is opened once by the deliverer, sends one event at a time, and is closed at the end.
-``send`` returns nothing on success and raises ``SinkUnavailable`` (worth retrying) or
-``SinkRejected`` (the receiver refused this event; it goes to the dead-letter store).
+A sink is opened once by the deliverer, sends events, and is closed at the end. ``send``
+delivers one event: it returns nothing on success and raises ``SinkUnavailable`` (worth
+retrying) or ``SinkRejected`` (the receiver refused this event; it goes to the dead-letter
+store). ``send_batch`` delivers up to ``max_batch`` events in order and reports one outcome
+per event, so a sink that can put many events on the wire at once (a Redis pipeline, an MQTT
+in-flight window) pays one round trip per batch instead of one per event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from serfbridge.capture import filters, when
+from serfbridge.errors import SinkError
 
 WhenSpec = dict[str, str | list[str]]
+#: One queued event as the deliverer hands it over: the document and its canonical JSON.
+Item = tuple[dict[str, Any], bytes]
 
 
 def _compiles(value: WhenSpec | None) -> WhenSpec | None:
@@ -57,7 +64,11 @@ class SinkConfigBase(BaseModel):
 
 
 class Sink:
-    """Base class; subclasses override ``open``, ``send`` and ``close``."""
+    """Base class; subclasses override ``open``, ``send`` and ``close``, and ``send_batch``
+    with ``max_batch`` when the protocol lets them have many events in flight."""
+
+    #: The most events the deliverer passes to one ``send_batch`` call.
+    max_batch = 1
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -69,6 +80,16 @@ class Sink:
     def send(self, event: dict[str, Any], body: bytes) -> None:
         """Deliver one event; ``body`` is the canonical JSON document of ``event``."""
         raise NotImplementedError
+
+    def send_batch(self, batch: Sequence[Item]) -> list[SinkError | None]:
+        """Deliver ``batch`` in order; one outcome per event, ``None`` meaning delivered.
+
+        The list may be shorter than ``batch``: it ends at the first ``SinkUnavailable``,
+        and the events after it count as not delivered (they stay queued and are sent again,
+        so a receiver may see one of them twice). A ``SinkRejected`` concerns its own event
+        only; the events after it are still tried.
+        """
+        return send_each(self, batch)
 
     def close(self) -> None:
         """Release connections; never raises."""
@@ -106,3 +127,26 @@ class Sink:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def send_each(sink: Sink, batch: Sequence[Item]) -> list[SinkError | None]:
+    """``send_batch`` as one ``send`` after another: for sinks with one event in flight."""
+    outcomes: list[SinkError | None] = []
+    for event, body in batch:
+        try:
+            sink.send(event, body)
+        except SinkError as exc:
+            outcomes.append(exc)
+            if exc.retryable:
+                break
+        else:
+            outcomes.append(None)
+    return outcomes
+
+
+def until_unavailable(outcomes: list[SinkError | None]) -> list[SinkError | None]:
+    """``outcomes`` up to and including the first retryable error (``send_batch``'s shape)."""
+    for k, outcome in enumerate(outcomes):
+        if outcome is not None and outcome.retryable:
+            return outcomes[: k + 1]
+    return outcomes

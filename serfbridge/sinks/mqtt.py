@@ -17,17 +17,19 @@ Failures (docs/sink-mqtt.md):
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from serfbridge.capture import render
-from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.sinks.base import Sink, SinkConfigBase
+from serfbridge.errors import SinkError, SinkRejected, SinkUnavailable
+from serfbridge.sinks.base import Item, Sink, SinkConfigBase, until_unavailable
 
 if TYPE_CHECKING:
     from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessageInfo
@@ -38,6 +40,9 @@ _VERSIONS = {"5": ("5",), "3.1.1": ("3.1.1",), "auto": ("5", "3.1.1")}
 _UNSUPPORTED_VERSION = 0x84
 _LOGIN_REFUSED = frozenset({0x86, 0x87, 0x8C})  # bad user name or password, not authorized, ...
 _EVENT_REFUSED = frozenset({0x90, 0x95, 0x99})  # topic name invalid, too large, bad payload
+# PUBLISHes awaiting their PUBACK in send_batch: paho's own limit, and mosquitto's default
+# receive maximum.
+_WINDOW = 20
 _CLOSE_GRACE = 1.0  # seconds close() waits for a clean DISCONNECT before cutting the socket
 
 
@@ -166,6 +171,7 @@ class _Connection:
 
 class MqttSink(Sink):
     config: MqttSinkConfig
+    max_batch = 500
 
     def __init__(self, config: MqttSinkConfig) -> None:
         super().__init__(config)
@@ -239,12 +245,60 @@ class MqttSink(Sink):
         raise SinkUnavailable(f"{self._where} refused the connection: {reason}")
 
     def send(self, event: dict[str, Any], body: bytes) -> None:
+        topic = self._topic(event)
+        payload, properties = self._message(event, body)
+        self.publish(topic, payload, retain=self.config.retain, properties=properties)
+
+    def _topic(self, event: dict[str, Any]) -> str:
         topic = render.render(self.config.topic, event)
         problem = topic_problem(topic)
         if problem:
             raise SinkRejected(f"rendered topic {topic!r} {problem}")
-        payload, properties = self._message(event, body)
-        self.publish(topic, payload, retain=self.config.retain, properties=properties)
+        return topic
+
+    def send_batch(self, batch: Sequence[Item]) -> list[SinkError | None]:
+        """PUBLISH the batch with up to ``_WINDOW`` messages awaiting their acknowledgement.
+
+        One connection delivers in order, so the order per topic is the order of the batch.
+        The window is kept here rather than in paho's queue: paho scans its whole queue on
+        every PUBACK, which costs more than the round trips it saves once the queue is long.
+        """
+        outcomes: list[SinkError | None] = [None] * len(batch)
+        window: collections.deque[tuple[int, str, MQTTMessageInfo]] = collections.deque()
+        deadline = time.monotonic() + self.config.timeout
+        lost = False
+
+        def settle() -> None:
+            nonlocal deadline, lost
+            k, topic, info = window.popleft()
+            try:
+                self._acknowledged(topic, info, deadline)
+            except SinkError as exc:
+                outcomes[k] = exc
+                lost = lost or exc.retryable
+            # Each acknowledgement buys the next one a full timeout.
+            deadline = time.monotonic() + self.config.timeout
+
+        end = len(batch)
+        for k, (event, body) in enumerate(batch):
+            if lost:
+                end = k
+                break
+            while len(window) >= _WINDOW:
+                settle()
+            try:
+                topic = self._topic(event)
+                payload, properties = self._message(event, body)
+                info = self._publish(topic, payload, self.config.retain, properties)
+                window.append((k, topic, info))
+            except SinkError as exc:
+                outcomes[k] = exc
+                if exc.retryable:
+                    end = k + 1
+                    break
+        while window:
+            settle()
+        return until_unavailable(outcomes[:end])
 
     def _message(self, event: dict[str, Any], body: bytes) -> tuple[bytes, Properties | None]:
         """Payload and MQTT 5 properties in the configured format. On an MQTT 3.1.1
@@ -266,23 +320,32 @@ class MqttSink(Sink):
     ) -> None:
         """One PUBLISH at the sink's QoS, waited for as ``send`` does (also used by the
         members sink for its retained per-member messages)."""
+        info = self._publish(topic, payload, retain, properties)
+        self._acknowledged(topic, info, time.monotonic() + self.config.timeout)
+
+    def _publish(
+        self, topic: str, payload: bytes, retain: bool, properties: Properties | None
+    ) -> MQTTMessageInfo:
+        """Hand one PUBLISH to paho without waiting for it."""
         client, conn, cfg = self._client, self._conn, self.config
         if client is None or conn.closed.is_set() or not client.is_connected():
             raise SinkUnavailable(f"not connected to {self._where}")
         try:
-            info = client.publish(topic, payload, qos=cfg.qos, retain=retain, properties=properties)
+            return client.publish(topic, payload, qos=cfg.qos, retain=retain, properties=properties)
         except ValueError as exc:
             raise SinkRejected(f"cannot publish to {topic!r}: {exc}") from exc
-        self._wait(info)
-        reason = conn.acks.pop(info.mid, None)
+
+    def _acknowledged(self, topic: str, info: MQTTMessageInfo, deadline: float) -> None:
+        """Wait for ``info``'s acknowledgement and map a refusal to a SinkError."""
+        self._wait(info, deadline)
+        reason = self._conn.acks.pop(info.mid, None)
         if reason is not None and reason.is_failure:
             error = SinkRejected if reason.value in _EVENT_REFUSED else SinkUnavailable
             raise error(f"{self._where} refused the message on {topic!r}: {reason}")
 
-    def _wait(self, info: MQTTMessageInfo) -> None:
-        """Until acknowledged (QoS 1/2) or written (QoS 0), at most ``timeout``."""
+    def _wait(self, info: MQTTMessageInfo, deadline: float) -> None:
+        """Until acknowledged (QoS 1/2) or written (QoS 0), at most until ``deadline``."""
         timeout = self.config.timeout
-        deadline = time.monotonic() + timeout
         try:
             while not info.is_published():
                 if self._conn.closed.is_set():
