@@ -29,16 +29,9 @@ def key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
 
 
 def _settings(config: str | None) -> Any:
-    from serfbridge.config.models import load_settings
+    from serfbridge.config.models import load_for
 
-    path = paths.config_path(config)
-    if not os.path.exists(path):
-        if paths.config_named(config):
-            from serfbridge.errors import ConfigError
-
-            raise ConfigError(f"config file {path} does not exist")
-        return load_settings(None)
-    return load_settings(path)
+    return load_for(config)
 
 
 def _configure_log(settings: Any) -> None:
@@ -96,7 +89,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
-    serve(settings)
+    serve(settings, args.config)
     return EXIT_OK
 
 
@@ -105,7 +98,7 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
-    left = flush(settings, args.timeout)
+    left = flush(settings, args.timeout, args.config)
     print(f"{left} event(s) still pending" if left else "spool empty")
     return EXIT_OK if not left else EXIT_PENDING
 

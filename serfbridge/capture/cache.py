@@ -74,6 +74,13 @@ def _write(cache: str, stamp: object, compiled: Compiled) -> None:
         pass  # a read-only cache location only costs speed: every event recompiles
 
 
+def fingerprint(explicit: str | None = None) -> str:
+    """What the compiled config depends on: the cache key (path, ``SERFBRIDGE_*``, version)
+    and the file's stamp. The deliverer and the stream relay reload when it changes."""
+    path = paths.config_path(explicit)
+    return repr((_cache_file(path), _stamp(path)))
+
+
 def load(explicit: str | None = None) -> Compiled:
     """The validated config for ``--config``/``SERFBRIDGE_CONFIG``/the per-OS default.
 

@@ -14,7 +14,14 @@ from serfbridge.capture import cache, jsonenc, paths, relay_ids, runtime, spool
 from serfbridge.capture import event as parse
 from serfbridge.capture import route as route_decision
 from serfbridge.capture.files import append_record
-from serfbridge.errors import EXIT_OK, EXIT_SPOOL, EXIT_TRUNCATED, ConfigError, InputError
+from serfbridge.errors import (
+    EXIT_OK,
+    EXIT_SPOOL,
+    EXIT_TRUNCATED,
+    EXIT_USAGE,
+    ConfigError,
+    InputError,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,10 +110,16 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
         return EXIT_OK
     state_dir = cfg["state_dir"]
     try:
-        spool.capture(state_dir, spooled, event_json)
+        entry = spool.capture(state_dir, spooled, event_json)
     except OSError as exc:
         log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
+        if doc["event"] != "query":
+            # Serf logs a handler's stderr: the operator sees why without the (full) disk's log.
+            sys.stderr.write(f"serfbridge: cannot spool event {doc['id']}: {exc}\n")
         return EXIT_SPOOL
+    # A running deliverer hears of the entry at once; otherwise one is started.
+    if spool.wake(state_dir, entry):
+        return EXIT_OK
     if cfg["spawn_deliverer"]:
         try:
             if not spool.deliverer_running(state_dir):
@@ -153,10 +166,23 @@ def _without_config(
     return exc.exit_code
 
 
+def _answer(cfg: Compiled, doc: EventDoc, event_json: str, started: float) -> None:
+    from serfbridge.capture import respond
+
+    responder = route_decision.responder_for(cfg, doc)
+    if responder is not None:
+        responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
+        answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
+        os.write(1, answer)
+
+
 def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None) -> int:
     received = time.time()
     started = time.monotonic()
     env = os.environ if environ is None else environ
+    if "SERF_EVENT" not in env:
+        sys.stderr.write("serfbridge: SERF_EVENT is not set; nothing to handle\n")
+        return EXIT_USAGE
     is_query = env.get("SERF_EVENT") == "query"
     try:
         cfg = cache.load(config_arg)
@@ -191,13 +217,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
         return EXIT_OK
 
     if is_query:
-        from serfbridge.capture import respond
-
-        responder = route_decision.responder_for(cfg, doc)
-        if responder is not None:
-            responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
-            answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
-            os.write(1, answer)
+        _answer(cfg, doc, event_json, started)
 
     if truncated:
         log.error(

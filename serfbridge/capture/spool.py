@@ -6,8 +6,16 @@ Layout under ``<state_dir>/spool/``::
     queue/<sink>/<entry>.json    fanned out by the deliverer, one directory per sink
     queue/<sink>/.head.json      attempts and next retry time of that queue's head entry
     dead/<sink>/<entry>.json     dead letters, with <entry>.reason.json beside each
-    rejected/<entry>.json        input that could not be parsed, kept raw (env + stdin)
+    progress/<sink>.done         names of incoming entries that sink has finished
+    rejected/<entry>.json        input that could not be parsed, kept raw (env + stdin),
+                                 and entries the deliverer found malformed (<entry>.reason)
     deliver.lock                 held by the one running deliverer
+    deliver.pid                  its process id
+
+An incoming entry is the one durable copy of the event: the deliverer reads it, sends it to
+each sink it names, records per-sink progress, and unlinks it when the last sink is done
+(serfbridge.delivery.ledger). ``queue/<sink>/`` holds only dead letters moved back by
+``spool retry``.
 
 ``<entry>`` is ``<time_ns>-<pid>-<n>``: sorting names sorts by capture time, which is event
 order because Serf runs one agent's handlers one at a time. Every file is written to a
@@ -74,6 +82,49 @@ def reject(
     return name
 
 
+def wake_address(state_dir: str) -> str | bytes | None:
+    """Where a running deliverer listens for wake-ups (a Unix datagram socket), or None
+    (Windows: the deliverer polls ``incoming/`` instead). Linux uses the abstract namespace,
+    which has no path length limit and leaves no file behind; the name is derived from the
+    state directory, so each deliverer has its own."""
+    if sys.platform == "win32":
+        return None
+    absolute = os.path.abspath(state_dir)
+    if sys.platform.startswith("linux"):
+        try:
+            from _blake2 import blake2b
+        except ImportError:  # pragma: no cover
+            from hashlib import blake2b
+        digest = blake2b(absolute.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+        return b"\0serfbridge-wake-" + digest.encode()
+    path = os.path.join(absolute, "spool", "wake.sock")
+    return path if len(path.encode()) < 100 else None
+
+
+def wake(state_dir: str, entry: str) -> bool:
+    """Tell a running deliverer that ``entry`` is in ``incoming/``; True if one listened.
+
+    One datagram, no reply, never blocks: ``_socket`` rather than ``socket`` because the
+    wrapper module costs a millisecond of imports on every event."""
+    addr = wake_address(state_dir)
+    if addr is None:
+        return False
+    import _socket
+
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        sock.setblocking(False)
+        sock.sendto(entry.encode("ascii") + b".json", addr)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def deliverer_running(state_dir: str) -> bool:
     """True if a deliverer holds this state directory's lock."""
     try:
@@ -100,7 +151,7 @@ def deliverer_argv(config: str | None) -> list[str]:
     else:
         argv = [sys.executable, "-m", "serfbridge"]
     if config:
-        # --config is an option of the top-level parser: it must come before the command.
+        # Before the command: what every version of the parser accepts.
         argv += ["--config", config]
     return [*argv, "deliver"]
 

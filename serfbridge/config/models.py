@@ -87,7 +87,18 @@ class DeliveryConfig(_Section):
         default=30.0, ge=0, description="Seconds the deliverer stays after the spool drains."
     )
     poll_interval: float = Field(
-        default=0.01, gt=0, le=5, description="Seconds between looks at the spool for new events."
+        default=0.05,
+        gt=0,
+        le=5,
+        description="Seconds between looks at the spool where handlers cannot wake the "
+        "deliverer (Windows); elsewhere they wake it at once and it looks every second.",
+    )
+    probe_interval: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="While a network sink's head entry waits out its backoff, probe the "
+        "sink's address this often; once it answers again the entry is retried at once.",
     )
 
 
@@ -240,6 +251,17 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def load_for(explicit: str | None) -> Settings:
+    """The settings for ``--config``/``SERFBRIDGE_CONFIG``/the default path, as every
+    command and the deliverer load them: a missing file is an error only when named."""
+    path = paths.config_path(explicit)
+    if not os.path.exists(path):
+        if paths.config_named(explicit):
+            raise ConfigError(f"config file {path} does not exist")
+        return load_settings(None)
+    return load_settings(path)
 
 
 def load_settings(path: str | None) -> Settings:
