@@ -80,7 +80,7 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
             timeout=_left(cfg, started, serf["rpc_timeout"]),
         ) as rpc:
             known = {m.name: m for m in rpc.members()}
-    except SerfError as exc:
+    except (SerfError, ValueError) as exc:
         log.warning("exact_tags: agent not reachable, keeping parsed tags", error=str(exc))
         return
     for member in doc["members"]:

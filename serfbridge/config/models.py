@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serfbridge.capture import filters, paths, render, when
+from serfbridge.config import checks
+from serfbridge.config.checks import URL_SCHEMES, check_addr, check_url, home
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
@@ -68,6 +70,11 @@ class SerfConfig(_Section):
         description="Replace tags parsed from member lines by the agent's exact tags (RPC).",
     )
     rpc_timeout: float = Field(default=0.5, gt=0, le=10)
+
+    @field_validator("rpc_addr")
+    @classmethod
+    def _valid_addr(cls, value: str | None) -> str | None:
+        return None if value is None else check_addr(value)
 
     @model_validator(mode="after")
     def _exact_needs_rpc(self) -> SerfConfig:
@@ -202,6 +209,41 @@ class Settings(BaseSettings):
             seen.add(source.name)
         return sources
 
+    @model_validator(mode="after")
+    def _addresses_andhome(self) -> Settings:
+        """Addresses and URLs checked at load (so ``check`` names the key); ``~`` expanded in
+        every path the config holds."""
+        problems = []
+        groups: tuple[tuple[str, list[Any]], ...] = (
+            ("sinks", list(self.sinks or [])),
+            ("sources", list(self.sources)),
+        )
+        for kind, items in groups:
+            for i, item in enumerate(items):
+                url = getattr(item, "url", None)
+                schemes = URL_SCHEMES.get(str(getattr(item, "type", "")))
+                try:
+                    if isinstance(url, str) and schemes:
+                        check_url(url, schemes)
+                    if isinstance(getattr(item, "listen", None), str):
+                        check_addr(item.listen)
+                except ValueError as exc:
+                    key = "url" if isinstance(url, str) else "listen"
+                    problems.append(f"{kind}[{i}] ({item.type}).{key}: {exc}")
+                for attr in ("path", "tls_cert", "tls_key", "cwd"):
+                    value = getattr(item, attr, None)
+                    if isinstance(value, str) and value.startswith("~"):
+                        setattr(item, attr, home(value))
+        if self.relay.metrics_listen is not None:
+            try:
+                check_addr(self.relay.metrics_listen)
+            except ValueError as exc:
+                problems.append(f"relay.metrics_listen: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.log_file = home(self.log_file) if self.log_file != "-" else self.log_file
+        return self
+
     @property
     def state_path(self) -> str:
         """``state_dir`` with ``~`` expanded, made absolute: what every component uses."""
@@ -211,7 +253,7 @@ class Settings(BaseSettings):
         """No ``sinks`` key at all means the embedded default: every event to one JSON file."""
         if self.sinks is not None:
             return list(self.sinks)
-        path = os.path.join(self.state_dir, DEFAULT_EVENTS_FILE)
+        path = os.path.join(self.state_path, DEFAULT_EVENTS_FILE)
         return [FileSinkConfig(type="file", name=DEFAULT_SINK_NAME, path=path)]
 
 
@@ -251,6 +293,11 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``SERFBRIDGE_*`` names that configure nothing (a typo like SERFBRIDGE_STAT_DIR)."""
+    return checks.unknown_variables(set(Settings.model_fields), environ)
 
 
 def load_for(explicit: str | None) -> Settings:

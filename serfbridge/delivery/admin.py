@@ -8,11 +8,12 @@ import os
 from typing import Any
 
 from serfbridge.capture.spool import entry_time, spool_dir
+from serfbridge.delivery.entries import valid_sink_name
 from serfbridge.errors import EXIT_OK, EXIT_USAGE
 
 
 def _sinks(root: str, only: str | None) -> list[str]:
-    if not os.path.isdir(root):
+    if not os.path.isdir(root) or (only is not None and not valid_sink_name(only)):
         return []
     return sorted(s for s in os.listdir(root) if only is None or s == only)
 
@@ -37,6 +38,19 @@ def _reason(directory: str, name: str) -> dict[str, Any]:
         return {}
 
 
+def _rejected_reason(directory: str, name: str) -> str:
+    """Why an entry was rejected; never fails on what the entry holds (any bytes)."""
+    info = _reason(directory, name)
+    if info.get("reason"):
+        return str(info["reason"])
+    try:
+        with open(os.path.join(directory, name), "rb") as fh:
+            record = json.loads(fh.read().decode("utf-8", "replace"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"(unreadable entry: {exc})"
+    return str(record.get("reason", "?")) if isinstance(record, dict) else "?"
+
+
 def _drop_reason(directory: str, name: str) -> None:
     try:
         os.unlink(os.path.join(directory, name[:-5] + ".reason"))
@@ -48,9 +62,7 @@ def _list(state: str, kind: str, args: argparse.Namespace) -> int:
     if kind == "rejected":
         directory = spool_dir(state, "rejected")
         for name in _entries(directory, args.entries):
-            with open(os.path.join(directory, name), encoding="utf-8") as fh:
-                record = json.load(fh)
-            print(f"rejected {name[:-5]}: {record.get('reason', '?')}")
+            print(f"rejected {name[:-5]}: {_rejected_reason(directory, name)}")
         return EXIT_OK
     root = spool_dir(state, kind)
     for sink in _sinks(root, args.sink):

@@ -31,8 +31,10 @@ DEFAULT_PORTS = {
 def address(config: Any) -> tuple[str, int] | None:
     """Host and port of the sink's ``url``, or None when it has none."""
     url = getattr(config, "url", None)
-    if not isinstance(url, str):
-        return None
+    return url_address(url) if isinstance(url, str) else None
+
+
+def url_address(url: str) -> tuple[str, int] | None:
     try:
         parts = urlsplit(url)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())

@@ -17,12 +17,12 @@ import time
 from typing import Any
 
 from serfbridge import log
+from serfbridge.capture import cache, jsonenc, relay_ids, respond, route
 from serfbridge.capture import event as parse
-from serfbridge.capture import jsonenc, relay_ids, respond, route
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
 from serfbridge.delivery.backoff import Backoff
-from serfbridge.errors import SerfError
+from serfbridge.errors import ConfigError, SerfError
 from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
 
 TYPE_CHECKING = False
@@ -71,6 +71,7 @@ class StreamFeeder:
         self.relay = relay
         settings = relay.settings
         self.cfg: Compiled = compile_settings(settings, relay.config_path)
+        self._fingerprint = self._current_fingerprint()
         serf = settings.serf
         self.addr = serf.rpc_addr or DEFAULT_ADDR
         self.auth = serf.rpc_auth.get_secret_value() if serf.rpc_auth else None
@@ -128,10 +129,35 @@ class StreamFeeder:
                 return {**node, "role": member.tags.get("role", ""), "tags": member.tags}
         return node
 
+    def _current_fingerprint(self) -> str | None:
+        if self.relay.config_path is None:
+            return None
+        try:
+            return cache.fingerprint(self.relay.config_path)
+        except ConfigError:
+            return None
+
+    def _follow_config(self) -> None:
+        """Route with the config the handler would use now: an edit (a sink added, a URL
+        changed) applies from the next record on, as it does for handlers."""
+        current = self._current_fingerprint()
+        if current == self._fingerprint or self.relay.config_path is None:
+            return
+        self._fingerprint = current
+        try:
+            self.cfg = cache.compile_now(self.relay.config_path)
+        except ConfigError as exc:
+            log.error(
+                "config changed but is invalid; stream keeps the previous one", error=str(exc)
+            )
+            return
+        log.info("config changed; stream routing reloaded")
+
     def _feed(self, client: SerfRPC, record: dict[str, Any], node: Node) -> None:
         found = event_doc(record, node, time.time())
         if found is None:
             return
+        self._follow_config()
         doc, relay_id = found
         metrics = self.relay.metrics
         metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
