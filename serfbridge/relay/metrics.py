@@ -36,6 +36,8 @@ class Metrics:
         self._counters: dict[str, dict[Labels, float]] = defaultdict(dict)
         self._hist: dict[Labels, list[float]] = {}  # bucket counts..., sum, count
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        # Whole blocks of text from elsewhere (the delivery metrics of the shared state dir).
+        self.extra: list[Callable[[], str]] = []
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
@@ -78,4 +80,5 @@ class Metrics:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {read():g}")
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        return text + "".join(block() for block in self.extra)
