@@ -301,11 +301,14 @@ def serve(settings: Settings, config: str | None = None) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(
-                os.path.join(spool_dir(state_dir), "deliver.pid"),
-                b"%d\n" % os.getpid(),
-                durable=False,
-            )
+            try:
+                write_atomic(
+                    os.path.join(spool_dir(state_dir), "deliver.pid"),
+                    b"%d\n" % os.getpid(),
+                    durable=False,
+                )
+            except OSError as exc:  # a full disk: deliver anyway, it frees space as it goes
+                log.warning("cannot write deliver.pid", error=str(exc))
             log.info("deliverer started", state_dir=state_dir)
             deliverer = Deliverer(settings, config=config)
             deliverer.run()
