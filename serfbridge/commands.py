@@ -104,10 +104,19 @@ def _server_problem(url: str) -> str:
 
 
 def _check_serf(settings: Any) -> bool:
-    """``check --connect``: the Serf RPC handshake (and auth) at ``[serf] rpc_addr``."""
+    """``check --connect``: the Serf RPC handshake (and auth) at ``[serf] rpc_addr``, when
+    the config uses the agent (rpc_addr, once or members sinks, the relay)."""
     from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
 
     serf = settings.serf
+    uses_agent = (
+        serf.rpc_addr is not None
+        or settings.sources
+        or settings.relay.stream
+        or any(s.once or s.type == "members" for s in settings.effective_sinks())
+    )
+    if not uses_agent:
+        return True  # nothing in this config talks to the agent
     addr = serf.rpc_addr or DEFAULT_ADDR
     auth = serf.rpc_auth.get_secret_value() if serf.rpc_auth else None
     try:
