@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,7 +34,7 @@ def node(tmp_path: Path) -> Iterator[BridgeNode]:
 
 
 def paths_of(receiver: HttpReceiver, name: str) -> list[str]:
-    return [r.path for r in receiver.requests if r.status == 200 and r.json()["name"] == name]
+    return [r.path for r in receiver.requests if r.status == 200 and r.json().get("name") == name]
 
 
 def test_sink_added_while_the_deliverer_runs_receives_the_next_event(
@@ -151,3 +152,34 @@ def test_invalid_rpc_addr_from_the_environment_is_refused_too(
     assert checked.returncode == 3
     assert "serf.rpc_addr" in checked.stderr
     assert os.environ.get("SERFBRIDGE_SERF__RPC_ADDR") is None
+
+
+def test_a_sink_bug_is_logged_with_its_traceback_and_not_retried_forever(
+    node: BridgeNode, http_receiver: HttpReceiver, serfbridge_cmd: list[str]
+) -> None:
+    """An entry that passes the spool checks but trips a sink's own code (a chat message
+    rendered from an event without `received_at`): traceback in the log, dead letter after a
+    few attempts with reason `bug: ...`, and the other sink delivers its entry."""
+    node.write_config(
+        "spawn_deliverer = false\n" + FAST + "max_attempts = 1000\n"
+        + hook("chat", http_receiver.url_for("/chat"), 'format = "slack"')
+        + hook("plain", http_receiver.url_for("/plain"))
+    )  # fmt: skip
+    fire_user(serfbridge_cmd, node, "ok", 1)
+    queue = node.state / "spool" / "queue" / "chat"
+    queue.mkdir(parents=True)
+    odd = {"id": "odd", "event": "user", "name": "odd", "node": {"name": "n1", "role": ""}}
+    name = f"{time.time_ns():020d}-0000001-0001.json"  # young: max_age is not what ends it
+    (queue / name).write_text(json.dumps({"event": odd}))
+    for _ in range(5):
+        serfbridge(serfbridge_cmd, node, "flush", "--timeout", "10")
+        if spool_files(node, "dead", "chat"):
+            break
+    dead = spool_files(node, "dead", "chat")
+    assert dead == [name], node.log_tail()
+    reason = json.loads((node.state / "spool" / "dead" / "chat" / (dead[0][:-5] + ".reason"))
+                        .read_text())  # fmt: skip
+    assert reason["reason"].startswith("bug: KeyError")
+    assert reason["attempts"] == 3
+    assert "Traceback" in (node.state / "serfbridge.log").read_text()
+    assert "/plain" in paths_of(http_receiver, "ok")
