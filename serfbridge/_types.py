@@ -6,6 +6,7 @@ handler would pay on every Serf event.
 
 from __future__ import annotations
 
+import os
 from typing import NotRequired, TypedDict
 
 
@@ -71,6 +72,15 @@ class SerfSpec(TypedDict):
     rpc_timeout: float
 
 
+class Inputs(TypedDict):
+    """What a compile read besides the config file: secret files and environment variables."""
+
+    env: list[str]
+    files: list[str]
+    digest: NotRequired[str]  # stored in the cache: of the values below, never them
+    observed: NotRequired[tuple[list[str | None], list[os.stat_result]]]  # at compile time only
+
+
 class Compiled(TypedDict):
     """The validated configuration as stored in the marshal cache."""
 
@@ -86,3 +96,4 @@ class Compiled(TypedDict):
     sinks: list[SinkSpec]
     responders: list[ResponderSpec]
     raw: dict[str, object]
+    inputs: NotRequired[Inputs]

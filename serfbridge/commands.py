@@ -10,7 +10,14 @@ from typing import Any
 
 from serfbridge import __version__, log
 from serfbridge.capture import paths
-from serfbridge.errors import EXIT_OK, EXIT_SERF, EXIT_UNREACHABLE, EXIT_USAGE, SerfbridgeError
+from serfbridge.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_SERF,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    SerfbridgeError,
+)
 
 EXIT_PENDING = 8
 
@@ -49,7 +56,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     path = paths.config_path(args.config)
     source = path if os.path.exists(path) else "built-in defaults (no config file)"
-    print(f"config: {source}: ok")
+    from serfbridge.config.models import placeholders
+
+    suspicious = placeholders(settings)
+    print(f"config: {source}: " + ("ok" if not suspicious else "SUSPICIOUS"))
+    for item in suspicious:
+        print(f"  looks like an unexpanded placeholder: {item}", file=sys.stderr)
     from serfbridge.config.models import unknown_variables
 
     for name in unknown_variables():
@@ -87,6 +99,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
+    if suspicious:
+        # A "$REDIS_PW" that nobody expanded would be used as the literal password.
+        print(
+            "config: interpolation is ${VAR} or ${VAR:-default}; $$ is a literal $",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     serf_failed = args.connect and not _check_serf(settings)
     if serf_failed:
         return EXIT_SERF

@@ -204,7 +204,8 @@ def _action(sink: dict[str, Any], doc: dict[str, Any]) -> tuple[str, str | None]
     if kind == "file":
         action = f"append to {sink['path']}"
     elif kind == "webhook":
-        from serfbridge.sinks.webhook import CHAT_FORMATS, origin
+        from serfbridge.sinks.answers import origin
+        from serfbridge.sinks.webhook import CHAT_FORMATS
 
         fmt = sink["format"]
         action = f"POST {origin(sink['url'])} ({fmt})"

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_interval": "1s"}
+# A failed member is reaped fast; a left one stays 20 s, long enough to see "left" in every
+# node's view on a loaded machine (with 1 s it was sometimes reaped before the check).
+FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "20s", "reconnect_interval": "1s"}
 ROLES = {"n1": "web", "n2": "db", "n3": "web"}
 
 # Fails the first two runs on each node, then succeeds; records every run in its cwd.

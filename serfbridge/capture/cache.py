@@ -3,8 +3,12 @@
 Validation with pydantic-settings costs ~0.4 s of imports; reading a marshal file costs
 ~0.1 ms. The cache entry is keyed by the config path plus every ``SERFBRIDGE_*`` variable,
 and stamped with the config file's stat (mtime, ctime, size, inode), so editing or replacing
-the file, or changing the environment, recompiles on the next event. Entries hold secrets in
-clear, so they are written with mode 0600 in a directory only the agent's user uses.
+the file, or changing the environment, recompiles on the next event. Secrets resolved at
+compile time (``config.secrets``: ``*_file`` keys, ``${VAR}`` values) are recorded as the
+entry's ``inputs``: the variables' names and the files' paths, with a digest of their values
+and stats; a hit re-checks that digest, so a rotated secret file or a changed variable also
+recompiles. Entries hold secrets in clear, so they are written with mode 0600 in a
+directory only the agent's user uses.
 
 The entry is plain data (dicts, lists, str, int, float, bool, None) written with marshal
 format 4, which every CPython since 3.4 reads, and the key leaves out the Python version:
@@ -27,11 +31,15 @@ except ImportError:  # pragma: no cover - CPython builds always ship _blake2
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from serfbridge._types import Compiled
+    from serfbridge._types import Compiled, Inputs
 
 _FORMAT = 3
 # Pinned, not marshal.version: a newer writer's default could be unreadable to an older reader.
 _MARSHAL_VERSION = 4
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
 def _stamp(path: str) -> tuple[int, int, int, int] | None:
@@ -41,7 +49,33 @@ def _stamp(path: str) -> tuple[int, int, int, int] | None:
         return None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    return file_stamp(st)
+
+
+def inputs_digest(env_values: list[str | None], file_stamps: list[object]) -> str:
+    """One digest of the secret inputs' current values (nothing secret is stored in clear)."""
+    data = repr((env_values, file_stamps)).encode("utf-8", "surrogateescape")
+    return blake2b(data, digest_size=16).hexdigest()
+
+
+def seal(inputs: Inputs) -> Inputs:
+    """``inputs`` as stored: the values observed at compile time become one digest."""
+    values, stats = inputs.pop("observed", ([], []))
+    inputs["digest"] = inputs_digest(values, [file_stamp(st) for st in stats])
+    return inputs
+
+
+def _inputs_current(inputs: Inputs | None) -> bool:
+    if not inputs or not (inputs["env"] or inputs["files"]):
+        return True
+    stamps: list[object] = []
+    for path in inputs["files"]:
+        try:
+            stamps.append(file_stamp(os.stat(path)))
+        except OSError:
+            return False
+    values = [os.environ.get(name) for name in inputs["env"]]
+    return inputs_digest(values, stamps) == inputs.get("digest")
 
 
 def _cache_file(path: str) -> str:
@@ -61,6 +95,8 @@ def _read(cache: str, stamp: object) -> Compiled | None:
     if not isinstance(entry, dict) or entry.get("stamp") != stamp:
         return None
     compiled: Compiled = entry["compiled"]
+    if not _inputs_current(compiled.get("inputs")):
+        return None
     return compiled
 
 
@@ -74,11 +110,21 @@ def _write(cache: str, stamp: object, compiled: Compiled) -> None:
         pass  # a read-only cache location only costs speed: every event recompiles
 
 
-def fingerprint(explicit: str | None = None) -> str:
-    """What the compiled config depends on: the cache key (path, ``SERFBRIDGE_*``, version)
-    and the file's stamp. The deliverer and the stream relay reload when it changes."""
+def fingerprint(explicit: str | None = None, inputs: Inputs | None = None) -> str:
+    """What the compiled config depends on: the cache key (path, ``SERFBRIDGE_*``, version),
+    the file's stamp and, given the ``inputs`` a load recorded, the secret files and
+    variables it read. The deliverer and the stream relay reload when it changes."""
     path = paths.config_path(explicit)
-    return repr((_cache_file(path), _stamp(path)))
+    secret: object = None
+    if inputs and (inputs.get("env") or inputs.get("files")):
+        stamps: list[object] = []
+        for name in inputs.get("files", []):
+            try:
+                stamps.append(file_stamp(os.stat(name)))
+            except OSError:
+                stamps.append(None)
+        secret = inputs_digest([os.environ.get(n) for n in inputs.get("env", [])], stamps)
+    return repr((_cache_file(path), _stamp(path), secret))
 
 
 def load(explicit: str | None = None) -> Compiled:
@@ -105,4 +151,7 @@ def load(explicit: str | None = None) -> Compiled:
 def compile_now(path: str | None) -> Compiled:
     from serfbridge.config.models import compile_settings, load_settings
 
-    return compile_settings(load_settings(path), path)
+    compiled = compile_settings(load_settings(path), path)
+    if "inputs" in compiled:
+        compiled["inputs"] = seal(compiled["inputs"])
+    return compiled

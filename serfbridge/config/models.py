@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -25,7 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serfbridge.capture import filters, paths, render, when
-from serfbridge.config import checks
+from serfbridge.config import checks, secrets
 from serfbridge.config.checks import URL_SCHEMES, check_addr, check_url, home
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
@@ -167,6 +168,8 @@ class Settings(BaseSettings):
     responders: list[ResponderConfig] = Field(default_factory=list)
     relay: RelayConfig = Field(default_factory=RelayConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
+    # What secrets.resolve read (files, variables): the compiled cache re-checks it.
+    _inputs: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -316,9 +319,15 @@ def load_settings(path: str | None) -> Settings:
     data = read_toml(path) if path else {}
     source = f"{path} (or SERFBRIDGE_* environment)" if path else "SERFBRIDGE_* environment"
     try:
-        return Settings(**data)
+        data, inputs = secrets.resolve(data, path)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration in {path}:\n  {exc}") from None
+    try:
+        settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    settings._inputs = inputs
+    return settings
 
 
 def _reveal(value: Any) -> Any:
@@ -329,6 +338,11 @@ def _reveal(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_reveal(v) for v in value]
     return value
+
+
+def placeholders(settings: Settings) -> list[str]:
+    """Values that still look like an unexpanded placeholder (``serfbridge check``)."""
+    return secrets.placeholders(_reveal(settings.model_dump()))
 
 
 def compile_settings(settings: Settings, source: str | None) -> Compiled:
@@ -363,4 +377,5 @@ def compile_settings(settings: Settings, source: str | None) -> Compiled:
         "sinks": sinks,
         "responders": responders,
         "raw": _reveal(settings.model_dump()),
+        "inputs": settings._inputs,  # type: ignore[typeddict-item]
     }

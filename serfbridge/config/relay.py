@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from serfbridge import signing
+
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
 SOURCE_TYPES = ("http", "redis", "mqtt", "local")
 
@@ -66,11 +68,24 @@ class HttpSourceConfig(SourceConfigBase):
     tls_key: str | None = Field(default=None, description="PEM private key for tls_cert.")
     max_body: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     threads: int = Field(default=8, ge=1, le=256, description="Concurrent requests.")
+    signature: Literal["serfbridge", "standard-webhooks"] = Field(
+        default="serfbridge",
+        description="Signature headers: X-Serfbridge-*, or Standard Webhooks' webhook-id, "
+        "webhook-timestamp, webhook-signature (hmac_key is then a whsec_ secret).",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSourceConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _standard_key(self) -> HttpSourceConfig:
+        if self.signature == "standard-webhooks":
+            if self.hmac_key is None:
+                raise ValueError('signature = "standard-webhooks" needs hmac_key')
+            signing.standard_key(self.hmac_key.get_secret_value())
         return self
 
 

@@ -59,7 +59,7 @@ class Deliverer:
     # -- config ------------------------------------------------------------------------
     def _current_fingerprint(self) -> str | None:
         try:
-            return cache.fingerprint(self.config_arg)
+            return cache.fingerprint(self.config_arg, getattr(self.settings, "_inputs", None))
         except ConfigError:
             return None
 
@@ -77,8 +77,8 @@ class Deliverer:
             return False
         if current != self._fingerprint:
             log.info("config changed, reloading sinks")
-        self._fingerprint = current
         self.settings = settings
+        self._fingerprint = self._current_fingerprint()  # with the new load's secret inputs
         self._membership = once.Membership(settings.serf)
         self._apply()
         return True

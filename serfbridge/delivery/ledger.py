@@ -149,6 +149,15 @@ class Ledger:
                 return item, self.queued_events[item.path]
             return item, self.entries[item.name].event
 
+    def first(self, sink: str, n: int) -> list[tuple[Item, dict[str, Any]]]:
+        """The sink's ``n`` oldest waiting entries (a digest), head first."""
+        with self.lock:
+            items = self.pending.get(sink, [])[:n]
+            return [
+                (i, self.queued_events[i.path] if i.queued else self.entries[i.name].event)
+                for i in items
+            ]
+
     def count(self, sink: str) -> int:
         with self.lock:
             return len(self.pending.get(sink, ()))

@@ -5,9 +5,11 @@ Per sink, the oldest waiting entry is the head: it is sent until it succeeds, is
 (dead letter). Between attempts it waits the ``delivery.backoff`` schedule
 (``serfbridge.delivery.backoff``) or what the receiver's ``Retry-After`` asked for; while it
 waits, a cheap probe (``serfbridge.delivery.probe``) ends the wait as soon as the receiver is
-back. Errors that are bugs (anything that is not a sink, network or disk error) are logged
-with their traceback and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever.
-A failure here, including the ``once`` decision, never reaches another sink's thread.
+back. A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
+``digest_size``, ``send_digest``); a failure counts against the head alone. Errors that are
+bugs (anything that is not a sink, network or disk error) are logged with their traceback
+and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever. A failure here,
+including the ``once`` decision, never reaches another sink's thread.
 """
 
 from __future__ import annotations
@@ -122,20 +124,34 @@ class SinkWorker:
             log.warning("once: cannot decide, forwarding anyway", sink=self.name, error=repr(exc))
             return once.split(event)
 
-    def _send(self, item: Item, event: dict[str, Any]) -> None:
-        if self._parts is None or self._parts[0] != item.name:
-            self._parts = (item.name, self._docs(item, event), 0)
-        name, docs, sent = self._parts
+    def _open(self) -> Any:
         if self.reopen:
             self._close()
             self.reopen = False
+        if self._sink is None:
+            sink = sink_class(self.config.type)(self.config)
+            sink.open()
+            self._sink = sink
+        return self._sink
+
+    def _send(self, item: Item, event: dict[str, Any]) -> list[Item]:
+        """Send the head (or, for a paced sink, a digest starting at it); the items sent."""
+        sink = self._open()
+        if (delay := sink.pace()) > 0 and self.stop.wait(delay):
+            return []
+        waiting = self.ledger.count(self.name)
+        size = max(1, int(sink.digest_size(waiting))) if waiting > 1 else 1
+        if size > 1 and not getattr(self.config, "once", False):
+            batch = self.ledger.first(self.name, size)
+            covered = int(sink.send_digest([e for _, e in batch]))
+            return [i for i, _ in batch[: max(1, min(len(batch), covered))]]
+        if self._parts is None or self._parts[0] != item.name:
+            self._parts = (item.name, self._docs(item, event), 0)
+        name, docs, sent = self._parts
         for k in range(sent, len(docs)):
-            if self._sink is None:
-                sink = sink_class(self.config.type)(self.config)
-                sink.open()
-                self._sink = sink
-            self._sink.send(docs[k], canonical(docs[k]))
+            self._open().send(docs[k], canonical(docs[k]))
             self._parts = (name, docs, k + 1)
+        return [item]
 
     def step(self) -> float | None:
         """Try the head once if it is due. None: something was done (look again at once);
@@ -152,7 +168,7 @@ class SinkWorker:
         if not due and not self._probe_says_back(now):
             return min(state.next_at - now, max(0.05, self._next_probe - now))
         try:
-            self._send(item, event)
+            sent = self._send(item, event)
         except (SinkError, OSError) as exc:
             self._failed(item, event, exc, bug=False)
             return None if not self.failed else 1.0
@@ -166,11 +182,14 @@ class SinkWorker:
             )
             self._failed(item, event, exc, bug=True)
             return None if not self.failed else 1.0
+        if not sent:
+            return 1.0  # stopping while paced
         self._parts = None
-        self.ledger.finish(self.name, item)
-        self.counters.inc("delivered", self.name)
-        self.delivered += 1
-        log.debug("delivered", sink=self.name, entry=item.name)
+        for done in sent:
+            self.ledger.finish(self.name, done)
+        self.counters.inc("delivered", self.name, len(sent))
+        self.delivered += len(sent)
+        log.debug("delivered", sink=self.name, entry=item.name, entries=len(sent))
         return None
 
     def _probe_says_back(self, now: float) -> bool:

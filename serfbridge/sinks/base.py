@@ -83,6 +83,23 @@ class Sink:
     def close(self) -> None:
         """Release connections; never raises."""
 
+    # Pacing and digests (chat sinks). The deliverer asks ``pace`` before each send and
+    # ``digest_size`` how many queued events that send should take; above one it calls
+    # ``send_digest``. The defaults: no rate limit, one event per send.
+
+    def pace(self) -> float:
+        """Seconds until this sink may send again under its rate limit; 0: now."""
+        return 0.0
+
+    def digest_size(self, waiting: int) -> int:
+        """How many of the ``waiting`` queued events the next send takes (1: the head)."""
+        return 1
+
+    def send_digest(self, events: list[dict[str, Any]]) -> int:
+        """Deliver several events as one message; returns how many, from the first, it
+        covered (at least one). Raises like ``send``."""
+        raise NotImplementedError
+
     def check(self) -> None:
         """Prove the sink is reachable (``serfbridge check --connect``)."""
         self.open()

@@ -6,8 +6,13 @@ The default text is a one-line summary of the event (``summary``)::
     [serf] n1: query load: 15m
     [serf] n1: member-join n2 (10.0.0.2, role web), n3 (10.0.0.3)
 
-A ``template`` replaces it (``serfbridge.capture.render``). Each service's length limit is enforced
-with a visible ``… [truncated, N chars]`` marker rather than a rejected request.
+A ``template`` replaces it (``serfbridge.capture.render``); a template that renders to
+nothing falls back to the summary, since Slack and Discord refuse an empty message. Each
+service also gets the event as fields (``fields``: node, event, name, members, payload) in
+its own rich form: Slack Block Kit ``blocks`` (``text`` stays as the notification fallback),
+Discord ``embeds``, Mattermost ``attachments``, a Teams ``FactSet``. Each service's length
+limits are enforced with a visible ``… [truncated, N chars]`` marker rather than a rejected
+request.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ FACT_CHARS = 1000
 # cuts text at 40,000; Mattermost's default post limit is 16,383; Discord rejects over
 # 2,000; a Teams Workflows request must stay under 28 KB, card and all.
 LIMITS = {"slack": 40000, "mattermost": 16383, "discord": 2000, "teams": 8000}
+SLACK_SECTION = 3000  # a Block Kit section's text
+SLACK_FIELD = 2000  # one section field
+DISCORD_FIELD = 1024  # one embed field value
+SHORT_FIELDS = ("Node", "Event", "Name")  # laid out side by side where the service can
+# Mentions that notify a whole channel on Slack or Mattermost when typed as plain text.
+_MENTIONS = ("@channel", "@here", "@all", "@everyone")
 
 
 def _oneline(text: str) -> str:
@@ -104,46 +115,111 @@ def summary(doc: Mapping[str, Any]) -> str:
 
 
 def slack_escape(text: str) -> str:
-    """Slack's three control characters; stops event data from forming ``<!channel>``."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Mentions in event data cannot notify anyone on Slack or Mattermost.
+
+    Slack's three control characters are escaped (no ``<!channel>``; Mattermost's webhooks
+    translate that form too), and a zero-width space after the ``@`` of ``@channel``,
+    ``@here``, ``@all`` and ``@everyone`` keeps them from being read as a mention.
+    """
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if "@" in text:
+        for mention in _MENTIONS:
+            text = _replace_folded(text, mention)
+    return text
+
+
+def _replace_folded(text: str, mention: str) -> str:
+    """``mention`` (in any case) with a zero-width space after its ``@``."""
+    lower, out, i = text.lower(), [], 0
+    while (j := lower.find(mention, i)) >= 0:
+        out += [text[i:j], "@\u200b", text[j + 1 : j + len(mention)]]
+        i = j + len(mention)
+    return "".join(out) + text[i:]
+
+
+def escaper(fmt: str) -> Callable[[str], str]:
+    return slack_escape if fmt in ("slack", "mattermost") else str
 
 
 def text_for(fmt: str, doc: Mapping[str, Any], template: str | None) -> str:
     """The message text: the summary or the rendered template, escaped and fitted for ``fmt``.
 
-    For Slack the event's values are escaped, not the template's own text, so a template may
-    use Slack markup such as ``<https://example.com|runbook>``.
+    For Slack and Mattermost the event's values are escaped, not the template's own text, so a
+    template may use markup such as ``<https://example.com|runbook>``. Never empty.
     """
-    escape: Callable[[str], str] = slack_escape if fmt == "slack" else str
+    escape = escaper(fmt)
     if template is None:
-        text = escape(summary(doc))
-    elif fmt == "slack":
+        text = ""
+    elif fmt in ("slack", "mattermost"):
         text = template.format_map({k: escape(v) for k, v in render.fields(doc).items()})
     else:
         text = render.render(template, doc)
+    if not text.strip():
+        text = escape(summary(doc))
     return fit(text, LIMITS[fmt])
 
 
-def teams_card(text: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A Teams Workflows ("Post to a channel when a webhook request is received") message."""
-    facts = [
-        {"title": "Node", "value": doc["node"]["name"]},
-        {"title": "Event", "value": doc["event"]},
-    ]
+def fields(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The event as (title, value) pairs, unescaped; empty values are left out."""
+    out = [("Node", doc["node"]["name"] or "?"), ("Event", doc["event"])]
     if doc.get("name"):
-        facts.append({"title": "Name", "value": doc["name"]})
+        out.append(("Name", doc["name"]))
     members = doc.get("members") or []
     if members:
         names = ", ".join(m["name"] for m in members)
-        facts.append({"title": "Members", "value": shorten(names, FACT_CHARS)})
+        out.append(("Members", shorten(names, FACT_CHARS)))
+    payload = payload_text(doc)
+    if payload:
+        out.append(("Payload", payload))
+    return out
+
+
+def slack_body(text: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Block Kit: the text as a section, then the fields; ``text`` is the fallback."""
+    cells = [
+        {"type": "mrkdwn", "text": fit(f"*{title}*\n{slack_escape(value)}", SLACK_FIELD)}
+        for title, value in fields(doc)
+    ]
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": fit(text, SLACK_SECTION)}},
+        {"type": "section", "fields": cells},
+    ]
+    return {"text": text, "blocks": blocks}
+
+
+def mattermost_body(text: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    attachment = {
+        "fallback": text,
+        "fields": [
+            {"title": title, "value": slack_escape(value), "short": title in SHORT_FIELDS}
+            for title, value in fields(doc)
+        ],
+    }
+    return {"text": text, "attachments": [attachment]}
+
+
+def discord_body(text: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    embed = {
+        "fields": [
+            {"name": title, "value": fit(value, DISCORD_FIELD), "inline": title in SHORT_FIELDS}
+            for title, value in fields(doc)
+        ]
+    }
+    # No @everyone / @here / role or user pings from event data.
+    return {"content": text, "embeds": [embed], "allowed_mentions": {"parse": []}}
+
+
+def teams_card(text: str, doc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A Teams Workflows ("Post to a channel when a webhook request is received") message."""
+    body: list[dict[str, Any]] = [{"type": "TextBlock", "text": text, "wrap": True}]
+    if doc is not None:
+        facts = [{"title": title, "value": value} for title, value in fields(doc)]
+        body.append({"type": "FactSet", "facts": facts})
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.4",
-        "body": [
-            {"type": "TextBlock", "text": text, "wrap": True},
-            {"type": "FactSet", "facts": facts},
-        ],
+        "body": body,
     }
     attachment = {
         "contentType": "application/vnd.microsoft.card.adaptive",
@@ -153,15 +229,28 @@ def teams_card(text: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "message", "attachments": [attachment]}
 
 
+BODIES: dict[str, Callable[[str, Mapping[str, Any]], dict[str, Any]]] = {
+    "slack": slack_body,
+    "mattermost": mattermost_body,
+    "discord": discord_body,
+    "teams": teams_card,
+}
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def message(fmt: str, doc: Mapping[str, Any], template: str | None = None) -> bytes:
     """The JSON request body for chat format ``fmt``."""
-    text = text_for(fmt, doc, template)
-    obj: dict[str, Any]
+    return encode(BODIES[fmt](text_for(fmt, doc, template), doc))
+
+
+def text_message(fmt: str, text: str) -> bytes:
+    """A body with only ``text`` (already escaped; fitted here): the storm digest."""
+    text = fit(text, LIMITS[fmt])
     if fmt == "teams":
-        obj = teams_card(text, doc)
-    elif fmt == "discord":
-        # No @everyone / @here / role or user pings from event data.
-        obj = {"content": text, "allowed_mentions": {"parse": []}}
-    else:
-        obj = {"text": text}
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return encode(teams_card(text, None))
+    if fmt == "discord":
+        return encode({"content": text, "allowed_mentions": {"parse": []}})
+    return encode({"text": text})

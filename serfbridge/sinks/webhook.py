@@ -23,21 +23,21 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from serfbridge.errors import SinkRejected, SinkUnavailable
+from serfbridge import signing
+from serfbridge.errors import SinkUnavailable
+from serfbridge.sinks.answers import MAX_RESPONSE_BYTES, head, origin, outcome
 from serfbridge.sinks.base import Sink, SinkConfigBase
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
-
     import httpx
 
 WebhookFormat = Literal[
     "json", "cloudevents", "cloudevents-binary", "slack", "mattermost", "discord", "teams"
 ]
+SignatureScheme = Literal["serfbridge", "standard-webhooks", "github"]
 CHAT_FORMATS = ("slack", "mattermost", "discord", "teams")
 EVENT_ID_HEADERS = ("Idempotency-Key", "X-Serfbridge-Event-Id")
-MAX_RESPONSE_BYTES = 64 * 1024  # of a response body read before the connection is dropped
-EXCERPT_CHARS = 200
+DIGEST_MAX = 100  # queued events read for one digest message
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
 
 
@@ -51,8 +51,14 @@ class WebhookSinkConfig(SinkConfigBase):
     )
     headers: dict[str, str] = Field(default_factory=dict)
     bearer_token: SecretStr | None = None
-    hmac_secret: SecretStr | None = Field(
-        default=None, description="Sign '<timestamp>.<body>' with HMAC-SHA256."
+    hmac_secret: SecretStr | list[SecretStr] | None = Field(
+        default=None,
+        description="HMAC-SHA256 signing secret; a list signs with each (key rotation).",
+    )
+    signature: SignatureScheme = Field(
+        default="serfbridge",
+        description="Signature headers: serfbridge (X-Serfbridge-*), standard-webhooks "
+        "(webhook-id/-timestamp/-signature, whsec_ secrets) or github (X-Hub-Signature-256).",
     )
     signature_header: str = "X-Serfbridge-Signature"
     timestamp_header: str = "X-Serfbridge-Timestamp"
@@ -61,6 +67,15 @@ class WebhookSinkConfig(SinkConfigBase):
     )
     verify: bool | str = Field(default=True, description="TLS verification, or a CA bundle path.")
     timeout: float = Field(default=5.0, gt=0, le=300)
+    rate: float = Field(
+        default=1.0, ge=0, description="Chat formats: messages per second at most (0: no limit)."
+    )
+    digest_after: int = Field(
+        default=3,
+        ge=0,
+        description="Chat formats: when a send comes due with this many events waiting, they "
+        "go as one digest message (0: never).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -95,10 +110,48 @@ class WebhookSinkConfig(SinkConfigBase):
         return _check_header_name(value)
 
     @model_validator(mode="after")
-    def _template_needs_chat(self) -> Self:
-        if self.template is not None and self.format not in CHAT_FORMATS:
+    def _signature_fits(self) -> Self:
+        secrets = self.secrets()
+        scheme = self.signature
+        if scheme != "serfbridge":
+            if not secrets:
+                raise ValueError(f"signature = {scheme!r} needs hmac_secret")
+            renamed = {"signature_header", "timestamp_header"} & self.model_fields_set
+            if renamed:
+                raise ValueError(
+                    f"{', '.join(sorted(renamed))} apply to signature = 'serfbridge'; "
+                    f"{scheme} fixes its header names"
+                )
+        if isinstance(self.hmac_secret, list) and not secrets:
+            raise ValueError("hmac_secret is an empty list")
+        if scheme == "github" and len(secrets) > 1:
             raise ValueError(
-                f"template applies to the chat formats ({', '.join(CHAT_FORMATS)}), "
+                "signature = 'github' takes one hmac_secret: X-Hub-Signature-256 carries "
+                "one signature"
+            )
+        if scheme == "standard-webhooks":
+            for secret in secrets:
+                signing.standard_key(secret)
+        return self
+
+    def secrets(self) -> list[str]:
+        """The signing secrets in clear, in the configured order (none: no signing)."""
+        value = self.hmac_secret
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        return [item.get_secret_value() for item in items]
+
+    @model_validator(mode="after")
+    def _template_needs_chat(self) -> Self:
+        if self.format in CHAT_FORMATS:
+            return self
+        chat_only = {"rate", "digest_after"} & self.model_fields_set
+        if self.template is not None:
+            chat_only.add("template")
+        for key in sorted(chat_only):
+            raise ValueError(
+                f"{key} applies to the chat formats ({', '.join(CHAT_FORMATS)}), "
                 f"not to format {self.format!r}"
             )
         return self
@@ -110,75 +163,6 @@ def _check_header_name(name: str) -> str:
     return name
 
 
-def origin(url: str) -> str:
-    """``scheme://host:port`` of ``url``: safe to log (no user info, path or query)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-
-
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """``sha256=`` + hex HMAC-SHA256 of ``b"<timestamp>." + body``: the signature header."""
-    import hashlib
-    import hmac
-
-    return "sha256=" + hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), else None."""
-    import time
-
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    # A naive result means the date said "-0000": UTC.
-    if when.tzinfo is None:
-        from datetime import UTC
-
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _excerpt(data: bytes) -> str:
-    text = " ".join(data.decode("utf-8", "replace").split())
-    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
-
-
-def outcome(where: str, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> None:
-    """Map an HTTP answer to success (return) or SinkUnavailable / SinkRejected."""
-    if 200 <= status < 300:
-        return
-    message = f"{where} answered {status} {reason}".rstrip()
-    if 300 <= status < 400:
-        location = headers.get("location")
-        message += " (redirects are not followed"
-        if location:
-            target = origin(location) if "://" in location else "a path on the same host"
-            message += f"; Location: {target}"
-        message += ")"
-    excerpt = _excerpt(body)
-    if excerpt:
-        message += f": {excerpt}"
-    if status in (408, 429) or status >= 500:
-        raise SinkUnavailable(message, retry_after=retry_after(headers.get("retry-after")))
-    raise SinkRejected(message)
-
-
 class WebhookSink(Sink):
     """POSTs each event to ``config.url`` in ``config.format``."""
 
@@ -188,6 +172,8 @@ class WebhookSink(Sink):
         super().__init__(config)
         self.where = origin(config.url)
         self._client: httpx.Client | None = None
+        self._chat = config.format in CHAT_FORMATS
+        self._last_post = -1e9  # time.monotonic() of the last attempt
 
     def _ssl(self) -> Any:
         verify = self.config.verify
@@ -275,27 +261,75 @@ class WebhookSink(Sink):
         else:
             content = body
             headers["Content-Type"] = "application/json"
-        for name in EVENT_ID_HEADERS:
-            headers[name] = event["id"]
-        if self.config.bearer_token is not None:
-            headers["Authorization"] = f"Bearer {self.config.bearer_token.get_secret_value()}"
-        if self.config.hmac_secret is not None:
-            import time
-
-            timestamp = str(int(time.time()))
-            secret = self.config.hmac_secret.get_secret_value().encode("utf-8")
-            headers[self.config.timestamp_header] = timestamp
-            headers[self.config.signature_header] = sign(secret, timestamp, content)
+        headers.update(self._auth_headers(event["id"], content))
         return content, headers
 
+    def _auth_headers(self, msg_id: str, content: bytes) -> dict[str, str]:
+        """The id headers, bearer token and signature of one request."""
+        headers = dict.fromkeys(EVENT_ID_HEADERS, msg_id)
+        if self.config.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {self.config.bearer_token.get_secret_value()}"
+        headers.update(self.signature_headers(msg_id, content))
+        return headers
+
+    def signature_headers(self, msg_id: str, content: bytes) -> dict[str, str]:
+        """The signing headers for one attempt: each attempt is signed anew, at its time."""
+        secrets = self.config.secrets()
+        if not secrets:
+            return {}
+        import time
+
+        timestamp = str(int(time.time()))
+        scheme = self.config.signature
+        if scheme == "github":
+            return {signing.GITHUB_HEADER: signing.sign_github(secrets[0].encode(), content)}
+        if scheme == "standard-webhooks":
+            id_header, stamp_header, sig_header = signing.STANDARD_HEADERS
+            keys = [signing.standard_key(s) for s in secrets]
+            sigs = (signing.sign_standard(key, msg_id, timestamp, content) for key in keys)
+            return {id_header: msg_id, stamp_header: timestamp, sig_header: " ".join(sigs)}
+        sigs = (signing.sign(s.encode(), timestamp, content) for s in secrets)
+        return {
+            self.config.timestamp_header: timestamp,
+            self.config.signature_header: " ".join(sigs),
+        }
+
+    def pace(self) -> float:
+        if not self._chat or not self.config.rate:
+            return 0.0
+        import time
+
+        return max(0.0, self._last_post + 1.0 / self.config.rate - time.monotonic())
+
+    def digest_size(self, waiting: int) -> int:
+        after = self.config.digest_after
+        if not self._chat or not after or waiting < after:
+            return 1
+        return min(waiting, DIGEST_MAX)
+
+    def send_digest(self, events: list[dict[str, Any]]) -> int:
+        from serfbridge.sinks import digest
+
+        content, count = digest.message(self.config.format, events)
+        msg_id = digest.message_id(events[:count])
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        headers.update(self._auth_headers(msg_id, content))
+        self._post(content, headers)
+        return count
+
     def send(self, event: dict[str, Any], body: bytes) -> None:
+        self._post(*self.request(event, body))
+
+    def _post(self, content: bytes, headers: dict[str, str]) -> None:
+        import time
+
         import httpx
 
-        content, headers = self.request(event, body)
         client = self._open()
+        self._last_post = time.monotonic()
         try:
             with client.stream("POST", self.config.url, content=content, headers=headers) as resp:
-                data = b"".join(_head(resp.iter_bytes(), MAX_RESPONSE_BYTES))
+                data = b"".join(head(resp.iter_bytes(), MAX_RESPONSE_BYTES))
         except httpx.TimeoutException as exc:
             raise SinkUnavailable(
                 f"{self.where}: no answer within {self.config.timeout:g}s ({type(exc).__name__})"
@@ -303,13 +337,3 @@ class WebhookSink(Sink):
         except httpx.HTTPError as exc:
             raise SinkUnavailable(f"{self.where}: {type(exc).__name__}: {exc}") from exc
         outcome(self.where, resp.status_code, resp.reason_phrase, resp.headers, data)
-
-
-def _head(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """The first ``limit``-ish bytes; a bigger body is left unread (the connection is dropped)."""
-    seen = 0
-    for chunk in chunks:
-        yield chunk
-        seen += len(chunk)
-        if seen >= limit:
-            return

@@ -86,6 +86,8 @@ class Gate:
             config.hmac_key.get_secret_value() if config.hmac_key else None,
             max_skew=config.max_skew,
             require_signature=config.require_signature,
+            # Only the HTTP source has a choice of signature headers.
+            scheme=getattr(config, "signature", "serfbridge"),
         )
 
     def handle(

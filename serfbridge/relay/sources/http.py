@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from serfbridge import log
+from serfbridge import log, signing
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
 from serfbridge.relay.sources.base import HTTP_STATUS, Source
@@ -126,11 +126,21 @@ class HttpSource(Source):
             body = self._body(environ)
             auth = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, token = auth.partition(" ")
-            creds = Credentials(
-                token=token.strip() if scheme.lower() == "bearer" else None,
-                timestamp=environ.get(_environ_key(TIMESTAMP_HEADER)),
-                signature=environ.get(_environ_key(SIGNATURE_HEADER)),
-            )
+            bearer = token.strip() if scheme.lower() == "bearer" else None
+            if self.config.signature == "standard-webhooks":
+                msg_id, stamp, signature = (_environ_key(h) for h in signing.STANDARD_HEADERS)
+                creds = Credentials(
+                    token=bearer,
+                    timestamp=environ.get(stamp),
+                    signature=environ.get(signature),
+                    msg_id=environ.get(msg_id),
+                )
+            else:
+                creds = Credentials(
+                    token=bearer,
+                    timestamp=environ.get(_environ_key(TIMESTAMP_HEADER)),
+                    signature=environ.get(_environ_key(SIGNATURE_HEADER)),
+                )
             _, reply = self.gate.handle(body, creds, default_type=kind)
         except Rejected as exc:
             status = HTTP_STATUS.get(exc.reason, 400)

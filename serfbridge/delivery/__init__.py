@@ -1,0 +1,1 @@
+"""The background deliverer: spool to sinks, retries, dead letters, `once = true`."""

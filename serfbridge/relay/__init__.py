@@ -1,0 +1,1 @@
+"""`serfbridge relay`: inbound messages into Serf, and stream mode."""

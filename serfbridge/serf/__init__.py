@@ -1,0 +1,1 @@
+"""Clients of the Serf agent's RPC protocol."""
