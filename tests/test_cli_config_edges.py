@@ -165,3 +165,28 @@ def test_spool_commands_stay_inside_the_spool(node: BridgeNode, serfbridge_cmd: 
     proc = serfbridge(serfbridge_cmd, node, "spool", "purge", "--dead", "--sink", "../x")
     assert proc.returncode == 0
     assert spool_files(node, "x") == ["00000000000000000001-0000001-0001.json"]
+
+
+def test_spool_list_and_purge_queue_see_events_waiting_in_incoming(
+    node: BridgeNode, serfbridge_cmd: list[str], http_receiver: object
+) -> None:
+    """Waiting events stay in incoming/ (one copy for every sink): `spool list --queue`
+    shows them per sink, and `purge --queue --sink` drops them for that sink only."""
+    url = http_receiver.url  # type: ignore[attr-defined]
+    node.write_config(
+        f'spawn_deliverer = false\n[[sinks]]\ntype = "webhook"\nname = "a"\nurl = "{url}"\n'
+        f'[[sinks]]\ntype = "webhook"\nname = "b"\nurl = "{url}"\n'
+    )
+    extra = {"SERF_USER_EVENT": "q", "SERF_USER_LTIME": "1"}
+    assert run_handler(serfbridge_cmd, node, "user", extra=extra).returncode == 0
+    listing = serfbridge(serfbridge_cmd, node, "spool", "list", "--queue")
+    assert "queue a: 1 event(s)" in listing.stdout
+    assert "queue b: 1 event(s)" in listing.stdout
+    purged = serfbridge(serfbridge_cmd, node, "spool", "purge", "--queue", "--sink", "a")
+    assert "1 queue event(s) removed" in purged.stdout
+    after = serfbridge(serfbridge_cmd, node, "spool", "list", "--queue").stdout
+    assert "queue a:" not in after
+    assert "queue b: 1 event(s)" in after
+    assert serfbridge(serfbridge_cmd, node, "flush").returncode == 0
+    assert len(http_receiver.requests) == 1  # type: ignore[attr-defined]
+    assert spool_files(node, "incoming") == []

@@ -94,37 +94,47 @@ def _head_info(queue: str) -> dict[str, Any]:
         return {}
 
 
-def snapshot(state_dir: str, configured: list[str], now: float | None = None) -> dict[str, Any]:
-    """Per sink: queued, oldest_age, attempts, last_error, dead; and the rejected count."""
-    now = time.time() if now is None else now
-    names = set(configured)
+def waiting(
+    state_dir: str, configured: list[str] | None = None
+) -> dict[str, list[tuple[str, str, bool]]]:
+    """Per sink, what still waits for it, oldest first: (entry name, path, from incoming/)."""
+    names = set(configured or [])
     for kind in ("queue", "dead"):
         root = spool_dir(state_dir, kind)
         if os.path.isdir(root):
             names.update(n for n in os.listdir(root) if entries.valid_sink_name(n))
-    pending: dict[str, list[str]] = {n: [] for n in names}
+    found: dict[str, list[tuple[str, str, bool]]] = {n: [] for n in names}
     incoming = spool_dir(state_dir, "incoming")
     done_sets: dict[str, set[str]] = {}
     for name in json_names(incoming):
+        path = os.path.join(incoming, name)
         try:
-            with open(os.path.join(incoming, name), "rb") as fh:
+            with open(path, "rb") as fh:
                 targets, _ = entries.parse_incoming(fh.read())
         except (OSError, ValueError):
             continue
         for sink in targets:
             done = done_sets.setdefault(sink, read_done(state_dir, sink))
             if name not in done:
-                pending.setdefault(sink, []).append(name)
-    sinks: dict[str, Any] = {}
-    for sink in sorted(pending):
+                found.setdefault(sink, []).append((name, path, True))
+    for sink, items in found.items():
         queue = spool_dir(state_dir, "queue", sink)
-        waiting = sorted(pending[sink] + json_names(queue))
-        head = _head_info(queue)
-        same_head = bool(waiting) and head.get("name") == waiting[0]
-        oldest = entry_time(waiting[0]) if waiting else 0.0
+        items += [(n, os.path.join(queue, n), False) for n in json_names(queue)]
+        items.sort()
+    return found
+
+
+def snapshot(state_dir: str, configured: list[str], now: float | None = None) -> dict[str, Any]:
+    """Per sink: queued, oldest_age, attempts, last_error, dead; and the rejected count."""
+    now = time.time() if now is None else now
+    sinks: dict[str, Any] = {}
+    for sink, items in sorted(waiting(state_dir, configured).items()):
+        head = _head_info(spool_dir(state_dir, "queue", sink))
+        same_head = bool(items) and head.get("name") == items[0][0]
+        oldest = entry_time(items[0][0]) if items else 0.0
         sinks[sink] = {
-            "queued": len(waiting),
-            "oldest_age": round(max(0.0, now - oldest), 3) if waiting and oldest else 0.0,
+            "queued": len(items),
+            "oldest_age": round(max(0.0, now - oldest), 3) if items and oldest else 0.0,
             "attempts": int(head.get("attempts", 0)) if same_head else 0,
             "last_error": str(head.get("last_error", "")) if same_head else "",
             "dead": len(json_names(spool_dir(state_dir, "dead", sink))),
