@@ -24,7 +24,11 @@ apt_install() {
 }
 
 if [ "$EXTRA" = "test" ]; then
-    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl
+    # lintian, systemd-analyze (systemd), man (man-db) and logrotate: the .deb and its unit
+    # are checked by their own tools (tests/test_artifacts_deb_tools.py, test_log_rotation.py).
+    apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl \
+        lintian:lintian systemd-analyze:systemd man:man-db logrotate:logrotate
+    apt_install nats-server:nats-server  # the NATS sink and relay source tests
 else
     apt_install serf:serf
 fi
@@ -32,7 +36,8 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-# A regular (non-editable) install: the tests exercise the installed console script, with its
+# A regular (non-editable) install: the tests exercise the installed `serfbridge` script (the
+# -I -S handler start of docs/building.md, "pip install"), with the package's
 # bytecode compiled at install time, exactly as a user's install runs it.
 if [ "$EXTRA" = "test" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check "$SERFBRIDGE_ROOT[test]"

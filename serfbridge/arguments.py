@@ -7,7 +7,6 @@ handler run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -31,17 +30,14 @@ def version_text() -> str:
     """
     import platform
 
+    from serfbridge import buildinfo
+
     py = ".".join(str(v) for v in sys.version_info[:3])
     here = f"{sys.platform}-{platform.machine()}"
-    bundle = getattr(sys, "_MEIPASS", None)
-    if not getattr(sys, "frozen", False) or bundle is None:
+    if not getattr(sys, "frozen", False) or getattr(sys, "_MEIPASS", None) is None:
         return f"serfbridge {__version__} (source, python {py}, {here})"
-    import json
-
-    try:
-        with open(os.path.join(bundle, "serfbridge-build.json"), encoding="utf-8") as fh:
-            build = json.load(fh)
-    except (OSError, ValueError):
+    build = buildinfo.record()
+    if build is None:
         return f"serfbridge {__version__} (frozen, python {py}, {here}; no build record)"
     extra = f", {build['build_id']}" if build.get("build_id") else ""
     return (

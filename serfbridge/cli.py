@@ -74,5 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(lambda: run_command(args), quiet=False)
 
 
+def script_main(script: str) -> int:
+    """``main`` for a pip install's ``serfbridge-python`` (installers/pip/), run with ``-I -S``
+    by the ``serfbridge`` script: a handler run stays on this interpreter; any other command
+    runs ``script`` again on a normal one (``site``, ``PYTHON*`` variables), as a console
+    script would, since its dependencies may need what ``-I -S`` left out."""
+    if sys.flags.no_site and not _fast_handler_args(sys.argv[1:])[0]:
+        os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])  # noqa: S606
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -160,6 +160,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
+    log.follow_rotation()
     serve(settings, args.config)
     return EXIT_OK
 
@@ -245,6 +246,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     # Refusals go to stderr, where the operator starting the relay looks.
     check_listeners(settings)
     _configure_log(settings)
+    log.follow_rotation()
     path = paths.config_path(args.config)
     serve(settings, path if os.path.exists(path) else None)
     return EXIT_OK

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from support.nats import NatsServer
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
 from support.relay import Watcher
 from support.serf import SerfCluster, serf_binary
@@ -104,6 +105,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     with _require(lambda: Mosquitto(tmp_path / "mosquitto")) as broker:
         broker.start()
         yield broker
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream on a free port, its own store, stopped after."""
+    with _require(lambda: NatsServer(tmp_path / "nats")) as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture

@@ -149,8 +149,8 @@ def test_deb_installs_into_clean_root_and_purges(linux_dist: Path, tmp_path: Pat
     # --version is not a handler run: the launcher execs the frozen build.
     assert "(frozen onedir," in _version([str(link)])
     # postinst byte-compiled the capture modules for /usr/bin/python3.
-    pycache = root / "usr/lib/serfbridge/capture/serfbridge/__pycache__"
-    assert any(p.name.startswith("handler.") for p in pycache.iterdir())
+    pycache = root / "usr/lib/serfbridge/capture/serfbridge/capture/__pycache__"
+    assert any(p.name.startswith("run.") for p in pycache.iterdir())
 
     user = _account(root, "passwd", "serfbridge")
     group = _account(root, "group", "serfbridge")

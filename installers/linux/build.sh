@@ -4,6 +4,7 @@
 #   dist/linux/serfbridge-onefile               single-file build
 #   dist/linux/serfbridge-VERSION-linux-ARCH.tar.gz   one-folder build + config + unit
 #   dist/linux/serfbridge_VERSION_ARCH.deb
+#   dist/linux/serfbridge.1                     the manual page, from the CLI's parser
 #   dist/linux/build-info.txt                   sizes and build times
 # Usage: installers/linux/build.sh [--out DIR]    (cache: see installers/lib.sh)
 set -euo pipefail
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 START=$SECONDS
-apt_need dpkg-deb:dpkg
+apt_need dpkg-deb:dpkg patchelf:patchelf
 python3 -c "import venv, ensurepip" 2>/dev/null || apt_need_pkg python3-venv
 VERSION="$(serfbridge_version)"
 ARCH_DEB="$(dpkg --print-architecture)"
@@ -35,7 +36,7 @@ if [ ! -e "$VENV/.complete" ]; then
     runtime_requirements > "$VENV/requirements.txt"
     "$VENV/bin/pip" install -q --disable-pip-version-check \
         -c "$SERFBRIDGE_ROOT/installers/constraints.txt" \
-        pyinstaller pyinstaller-hooks-contrib -r "$VENV/requirements.txt"
+        pyinstaller pyinstaller-hooks-contrib argparse-manpage -r "$VENV/requirements.txt"
     touch "$VENV/.complete"  # only a finished install is reused
 fi
 T_VENV=$((SECONDS - START))
@@ -63,8 +64,16 @@ mv "$OUT/onefile/serfbridge" "$OUT/serfbridge-onefile"; rmdir "$OUT/onefile"
 "$OUT/serfbridge/serfbridge" --version >&2
 "$OUT/serfbridge-onefile" --version >&2
 
-# 3. Tarball and .deb from the one-folder build.
+# 3. The manual page serfbridge(1), from the parser the CLI itself uses (arguments.py), so
+# it cannot fall behind the commands; dated by SOURCE_DATE_EPOCH. Then tarball and .deb.
 T0=$SECONDS
+PYTHONPATH="$SERFBRIDGE_ROOT" "$VENV/bin/argparse-manpage" \
+    --module serfbridge.arguments --function build_parser --prog serfbridge \
+    --project-name serfbridge --version "$VERSION" --manual-title "serfbridge manual" \
+    --description "event handler and bridge for HashiCorp Serf" \
+    --url https://github.com/serfbridge/serfbridge \
+    --include "$SERFBRIDGE_ROOT/installers/linux/serfbridge.1.include" \
+    --output "$OUT/serfbridge.1"
 bash "$SERFBRIDGE_ROOT/installers/linux/package.sh" "$OUT" "$VERSION" "$ARCH" "$ARCH_DEB"
 T_PACKAGE=$((SECONDS - T0))
 

@@ -6,6 +6,16 @@ source "$(dirname "$0")/../lib.sh"
 OUT="$1" VERSION="$2" ARCH="$3" DEB_ARCH="$4"
 HERE="$SERFBRIDGE_ROOT/installers/linux"
 EPOCH="${SOURCE_DATE_EPOCH:-$(source_date_epoch)}"
+# Maintainer of the .deb (control and changelog). The default is the project's, in the
+# reserved .invalid domain (RFC 6761): it can never deliver a user's mail to a stranger who
+# registers the name; whoever distributes the package sets their own.
+MAINTAINER="${SERFBRIDGE_MAINTAINER:-serfbridge maintainers <maintainers@serfbridge.invalid>}"
+case "$MAINTAINER" in
+    *[![:print:]]* | */* | *\&* ) die "SERFBRIDGE_MAINTAINER: printable, no / or &: $MAINTAINER" ;;
+    ?*" <"?*@?*">") ;;
+    *) die "SERFBRIDGE_MAINTAINER must read 'Name <address>', not: $MAINTAINER" ;;
+esac
+[ -s "$OUT/serfbridge.1" ] || die "no manual page $OUT/serfbridge.1 (build.sh writes it)"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 
@@ -59,6 +69,17 @@ outside = sorted(
 )
 assert not outside, outside
 PY
+# The build machine's Python (pyenv) links libpython and its extension modules with a
+# RUNPATH to its own lib/ (/root/.pyenv/...): a path that means nothing on the target and
+# would let a file planted there be loaded. The bootloader finds every bundled library
+# itself (it points the loader at _internal/), so the RUNPATH goes. Shared libraries do not
+# need to be executable to be mapped: 0644 as Debian ships them.
+while IFS= read -r -d '' elf; do
+    if [ -n "$(patchelf --print-rpath "$elf" 2>/dev/null)" ]; then
+        patchelf --remove-rpath "$elf"
+    fi
+done < <(find "$LIB/_internal" -type f -name '*.so*' -print0)
+find "$LIB/_internal" -type f -name '*.so*' -exec chmod 0644 {} +
 "$LIB/serfbridge-frozen" --version >/dev/null || die "the renamed frozen build does not start"
 find "$LIB/capture" -name __pycache__ -prune -exec rm -rf {} +
 
@@ -67,7 +88,7 @@ TAR_DIR="$STAGE/tar/serfbridge-$VERSION"
 mkdir -p "$TAR_DIR"
 cp -a "$LIB/." "$TAR_DIR/"
 cp "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" "$HERE/serfbridge-relay.service" \
-    "$SERFBRIDGE_ROOT/README.md" "$TAR_DIR/"
+    "$SERFBRIDGE_ROOT/README.md" "$OUT/serfbridge.1" "$TAR_DIR/"
 tar --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
     -C "$STAGE/tar" -czf "$OUT/serfbridge-$VERSION-linux-$ARCH.tar.gz" "serfbridge-$VERSION"
 
@@ -75,7 +96,8 @@ tar --sort=name --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner \
 PKG="$STAGE/deb"
 install -d "$PKG/DEBIAN" "$PKG/usr/lib" "$PKG/usr/bin" "$PKG/etc/serfbridge" \
     "$PKG/lib/systemd/system" "$PKG/usr/lib/sysusers.d" "$PKG/usr/lib/tmpfiles.d" \
-    "$PKG/usr/share/doc/serfbridge"
+    "$PKG/usr/share/doc/serfbridge" "$PKG/usr/share/man/man1" "$PKG/etc/logrotate.d" \
+    "$PKG/usr/share/lintian/overrides"
 cp -a "$LIB" "$PKG/usr/lib/serfbridge"
 # Relative, so it also resolves inside another root (dpkg --root). The launcher follows the
 # link (realpath) to find serfbridge-frozen and capture/ next to it.
@@ -85,15 +107,25 @@ install -m 0644 "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" \
 install -m 0644 "$HERE/serfbridge-relay.service" "$PKG/lib/systemd/system/"
 install -m 0644 "$HERE/debian/sysusers.conf" "$PKG/usr/lib/sysusers.d/serfbridge.conf"
 install -m 0644 "$HERE/debian/tmpfiles.conf" "$PKG/usr/lib/tmpfiles.d/serfbridge.conf"
+install -m 0644 "$HERE/debian/logrotate" "$PKG/etc/logrotate.d/serfbridge"
+install -m 0644 "$HERE/debian/lintian-overrides" "$PKG/usr/share/lintian/overrides/serfbridge"
 install -m 0644 "$SERFBRIDGE_ROOT/README.md" "$PKG/usr/share/doc/serfbridge/README.md"
+install -m 0644 "$HERE/debian/copyright" "$PKG/usr/share/doc/serfbridge/copyright"
+gzip -9n < "$OUT/serfbridge.1" > "$PKG/usr/share/man/man1/serfbridge.1.gz"
+# A native package (no Debian revision): changelog.gz. Its newest entry must be this version.
+CHANGELOG_VERSION="$(sed -n '1s/^serfbridge (\([^)]*\)).*/\1/p' "$HERE/debian/changelog")"
+[ "$CHANGELOG_VERSION" = "$VERSION" ] \
+    || die "installers/linux/debian/changelog starts with $CHANGELOG_VERSION, not $VERSION: add an entry"
+sed "s/@MAINTAINER@/$MAINTAINER/" "$HERE/debian/changelog" | gzip -9n \
+    > "$PKG/usr/share/doc/serfbridge/changelog.gz"
 gzip -9n < "$SERFBRIDGE_ROOT/installers/serfbridge.example.toml" \
     > "$PKG/usr/share/doc/serfbridge/serfbridge.example.toml.gz"
 install -m 0755 "$HERE/debian/postinst" "$HERE/debian/prerm" "$HERE/debian/postrm" "$PKG/DEBIAN/"
-echo /etc/serfbridge/serfbridge.toml > "$PKG/DEBIAN/conffiles"
+printf '%s\n' /etc/serfbridge/serfbridge.toml /etc/logrotate.d/serfbridge > "$PKG/DEBIAN/conffiles"
 # The bundled libraries need this glibc at least: the one the build machine has. python3: the
 # launcher's interpreter (serfbridge-frozen needs none and also works alone as the handler).
 GLIBC="$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"  # no pipe into head: pipefail + SIGPIPE
-sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$DEB_ARCH/" \
+sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$DEB_ARCH/" -e "s/@MAINTAINER@/$MAINTAINER/" \
     -e "s/@SIZE@/$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)/" \
     -e "s/@DEPENDS@/libc6 (>= $GLIBC), python3/" "$HERE/debian/control.in" > "$PKG/DEBIAN/control"
 find "$PKG" -exec touch -h -d "@$EPOCH" {} +

@@ -164,6 +164,12 @@ def spawn_deliverer(config: str | None) -> None:
     Windows.
     """
     argv = deliverer_argv(config)
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        # A one-file build passes its unpacked bundle to children through the environment;
+        # the deliverer outlives this process, whose bundle is deleted when it exits, so it
+        # must unpack its own (PyInstaller >= 6.9 reads this variable).
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
     if sys.platform == "win32":
         import subprocess
 
@@ -175,13 +181,14 @@ def spawn_deliverer(config: str | None) -> None:
             stderr=subprocess.DEVNULL,
             close_fds=True,
             creationflags=flags,
+            env=env,
         )
         return
     devnull = os.devnull
     os.posix_spawn(
         argv[0],
         argv,
-        os.environ,
+        env,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, devnull, os.O_WRONLY, 0),

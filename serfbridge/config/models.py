@@ -36,6 +36,7 @@ from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
 from serfbridge.sinks.members import MembersSinkConfig
 from serfbridge.sinks.mqtt import MqttSinkConfig
+from serfbridge.sinks.nats import NatsSinkConfig
 from serfbridge.sinks.redis import RedisSinkConfig
 from serfbridge.sinks.webhook import WebhookSinkConfig
 
@@ -49,7 +50,8 @@ SinkConfig = Annotated[
     | MqttSinkConfig
     | RedisSinkConfig
     | CommandSinkConfig
-    | MembersSinkConfig,
+    | MembersSinkConfig
+    | NatsSinkConfig,
     Field(discriminator="type"),
 ]
 

@@ -12,9 +12,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from serfbridge import signing
+from serfbridge.sinks.natsconn import NatsConnection
 
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
-SOURCE_TYPES = ("http", "redis", "mqtt", "local")
+SOURCE_TYPES = ("http", "redis", "mqtt", "local", "nats")
+# Names NATS accepts for queue groups and durable consumers.
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Section(BaseModel):
@@ -143,8 +146,34 @@ class LocalSourceConfig(SourceConfigBase):
         return self
 
 
+class NatsSourceConfig(SourceConfigBase, NatsConnection):
+    type: Literal["nats"]
+    token: SecretStr | None = Field(
+        default=None,
+        description="NATS server login token (messages authenticate with hmac_key signatures).",
+    )
+    subject: str = Field(min_length=1, description="Subject to read; wildcards allowed.")
+    queue: str = Field(
+        default="serfbridge", pattern=NAME_PATTERN, description="Core NATS queue group."
+    )
+    stream: str | None = Field(
+        default=None, description="JetStream stream: read it through the durable consumer."
+    )
+    durable: str = Field(
+        default="serfbridge", pattern=NAME_PATTERN, description="Durable pull consumer name."
+    )
+    ack_wait: float = Field(
+        default=60.0, gt=0, le=3600, description="Seconds JetStream waits for an ack."
+    )
+    batch: int = Field(default=10, ge=1, le=1000, description="Messages per JetStream fetch.")
+    workers: int = Field(default=4, ge=1, le=64, description="Core messages handled at once.")
+    dead_letter: str | None = Field(
+        default=None, description="Subject that gets refused messages with their reason."
+    )
+
+
 SourceConfig = Annotated[
-    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig,
+    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig | NatsSourceConfig,
     Field(discriminator="type"),
 ]
 

@@ -15,11 +15,11 @@ import sys
 import threading
 from typing import Any
 
-from serfbridge import log
+from serfbridge import buildinfo, log
 from serfbridge.errors import ConfigError, RelayError
 from serfbridge.relay.callers import CliCaller, RpcCaller
 from serfbridge.relay.host import Dedupe
-from serfbridge.relay.metrics import Metrics
+from serfbridge.relay.metrics import Labels, Metrics
 from serfbridge.relay.sources import source_class
 from serfbridge.relay.sources.base import Source
 from serfbridge.serf.rpc import DEFAULT_ADDR, parse_addr
@@ -84,10 +84,10 @@ class Relay:
             )
         self.sources: list[Source] = [source_class(cfg.type)(cfg, self) for cfg in settings.sources]
         self._started: list[Any] = []
-        self.metrics.gauges["serfbridge_relay_spool_depth"] = (
-            "Events waiting in the spool for delivery to sinks.",
-            self._spool_depth,
-        )
+        self.metrics.gauge("serfbridge_relay_spool_depth", self._spool_depth)
+        self.metrics.gauge("serfbridge_relay_source_up", self._sources_up)
+        build = tuple(sorted(buildinfo.labels().items()))
+        self.metrics.gauge("serfbridge_build_info", lambda: {build: 1.0})
         self.metrics.extra.append(self._delivery_metrics)
 
     def _spool_depth(self) -> float:
@@ -110,6 +110,13 @@ class Relay:
         except OSError as exc:
             log.warning("cannot read delivery metrics", error=str(exc))
             return ""
+
+    def _sources_up(self) -> dict[Labels, float]:
+        started = {id(part) for part in list(self._started)}
+        return {
+            (("source", s.name),): float(id(s) in started and s.connected is not False)
+            for s in self.sources
+        }
 
     def start(self) -> None:
         try:

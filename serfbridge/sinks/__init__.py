@@ -10,10 +10,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge.sinks.base import Sink
 
-SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members")
+SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members", "nats")
 
 
-def sink_class(sink_type: str) -> type[Sink]:
+def sink_class(sink_type: str) -> type[Sink]:  # noqa: PLR0911 - one literal import each
     if sink_type == "file":
         from serfbridge.sinks.file import FileSink
 
@@ -38,4 +38,8 @@ def sink_class(sink_type: str) -> type[Sink]:
         from serfbridge.sinks.members import MembersSink
 
         return MembersSink
+    if sink_type == "nats":
+        from serfbridge.sinks.nats import NatsSink
+
+        return NatsSink
     raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")

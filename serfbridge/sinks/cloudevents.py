@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 over HTTP for the webhook sink, structured and binary content modes.
+"""CloudEvents 1.0: one attribute mapping, and the bindings for HTTP, NATS and MQTT.
 
 Attributes of one Serf event::
 
@@ -9,6 +9,16 @@ Attributes of one Serf event::
     subject          user event / query name; member events: the member names, comma-separated
     time             ``received_at``
     datacontenttype  application/json; ``data`` is the whole event document
+
+Bindings (structured mode is the same JSON envelope on every transport):
+
+    HTTP   binary: ``ce-*`` headers, percent-encoded, ``Content-Type`` = datacontenttype
+    NATS   binary: ``ce-*`` headers for every attribute including ``ce-datacontenttype``,
+           percent-encoded as in HTTP; structured: header ``Content-Type`` =
+           application/cloudevents+json
+    MQTT   binary (MQTT 5 only): attribute names unchanged as user properties, values as
+           they are (user properties are UTF-8), Content Type property = datacontenttype;
+           structured: Content Type property = application/cloudevents+json (implied in 3.1.1)
 
 Structured mode splices the document's bytes into the envelope unchanged, so ``data`` is
 exactly what the ``json`` format would have posted.
@@ -72,9 +82,19 @@ def structured(doc: Mapping[str, Any], body: bytes, source: str | None = None) -
 
 
 def binary_headers(doc: Mapping[str, Any], source: str | None = None) -> dict[str, str]:
-    """Binary-mode headers (``ce-*`` plus Content-Type); the request body is the document."""
+    """HTTP binary-mode headers (``ce-*`` plus Content-Type); the body is the document."""
     headers = {"Content-Type": DATA_CONTENT_TYPE}
     for key, value in attributes(doc, source).items():
         if key != "datacontenttype":
             headers[f"ce-{key}"] = quote(value, safe=_HEADER_SAFE)
     return headers
+
+
+def nats_headers(doc: Mapping[str, Any], source: str | None = None) -> dict[str, str]:
+    """NATS binary-mode headers: every attribute, ``datacontenttype`` too, as ``ce-<name>``."""
+    return {f"ce-{k}": quote(v, safe=_HEADER_SAFE) for k, v in attributes(doc, source).items()}
+
+
+def user_properties(doc: Mapping[str, Any], source: str | None = None) -> list[tuple[str, str]]:
+    """MQTT 5 binary-mode user properties; ``datacontenttype`` is the Content Type property."""
+    return [(k, v) for k, v in attributes(doc, source).items() if k != "datacontenttype"]

@@ -85,6 +85,12 @@ class MqttSinkConfig(SinkConfigBase):
     tls_insecure: bool = False
     keepalive: int = Field(default=60, ge=5)
     timeout: float = Field(default=5.0, gt=0, le=300)
+    format: Literal["json", "cloudevents", "cloudevents-binary"] = Field(
+        default="json", description="Payload: the document, or CloudEvents (MQTT binding)."
+    )
+    source: str | None = Field(
+        default=None, description="CloudEvents source; default serf://<node>."
+    )
 
     @field_validator("url")
     @classmethod
@@ -119,6 +125,11 @@ class MqttSinkConfig(SinkConfigBase):
             raise ValueError("keyfile needs certfile")
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
+        if self.format == "cloudevents-binary" and self.protocol == "3.1.1":
+            raise ValueError(
+                "cloudevents-binary needs MQTT 5 user properties: use protocol 5 or auto, "
+                'or format = "cloudevents" (structured)'
+            )
         return self
 
 
@@ -232,8 +243,23 @@ class MqttSink(Sink):
         problem = topic_problem(topic)
         if problem:
             raise SinkRejected(f"rendered topic {topic!r} {problem}")
-        properties = _properties(event) if self.protocol == "5" else None
-        self.publish(topic, body, retain=self.config.retain, properties=properties)
+        payload, properties = self._message(event, body)
+        self.publish(topic, payload, retain=self.config.retain, properties=properties)
+
+    def _message(self, event: dict[str, Any], body: bytes) -> tuple[bytes, Properties | None]:
+        """Payload and MQTT 5 properties in the configured format. On an MQTT 3.1.1
+        connection (``auto`` fell back) both CloudEvents formats are structured: the
+        binding's only mode without properties."""
+        fmt, v5 = self.config.format, self.protocol == "5"
+        if fmt == "json":
+            return body, _properties(event) if v5 else None
+        from serfbridge.sinks import cloudevents
+
+        if fmt == "cloudevents-binary" and v5:
+            attrs = cloudevents.user_properties(event, self.config.source)
+            return body, _properties(event, cloudevents.DATA_CONTENT_TYPE, attrs)
+        payload = cloudevents.structured(event, body, self.config.source)
+        return payload, _properties(event, cloudevents.STRUCTURED_CONTENT_TYPE) if v5 else None
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool, properties: Properties | None = None
@@ -285,12 +311,20 @@ class MqttSink(Sink):
             pass
 
 
-def _properties(event: dict[str, Any]) -> Properties:
-    """MQTT 5 PUBLISH properties: content type and the event's id and type."""
+def _properties(
+    event: dict[str, Any],
+    content_type: str = "application/json",
+    user: list[tuple[str, str]] | None = None,
+) -> Properties:
+    """MQTT 5 PUBLISH properties: content type and user properties (by default the event's
+    id and type; paho appends on each assignment, so they are set once)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ContentType = "application/json"
-    props.UserProperty = [("serfbridge-id", event["id"]), ("serfbridge-event", event["event"])]
+    props.ContentType = content_type
+    props.UserProperty = user or [
+        ("serfbridge-id", event["id"]),
+        ("serfbridge-event", event["event"]),
+    ]
     return props

@@ -18,7 +18,12 @@ Rows:
 * ``--deb PATH``: the .deb installed with ``dpkg --root`` into the temp dir, rows
   ``launcher/...`` (``/usr/bin/serfbridge``: the launcher, system Python for the handler) and
   ``deb-frozen/...`` (the frozen one-folder build it hands over to, run directly);
+  ``--deb LABEL=PATH`` (repeatable) compares packages: ``LABEL-launcher/...``,
+  ``LABEL-frozen/...``;
 * ``--handler NAME=CMD``: anything else you want in the same table.
+
+Besides wall time, each row shows the handler's median CPU time (``os.wait4``) and its peak
+RSS (separate untimed runs under GNU time, see ``Runner.peak_rss``).
 
 Runs are interleaved round-robin across handlers so machine noise hits all rows alike. The
 numbers are for comparison within one run; nothing here is asserted by the unit tests.
@@ -86,6 +91,7 @@ HOOK_PATH = "/hook"  # serfbridge's webhook sink posts here, curl posts to "/"
 SERF_OUTPUT_MAX = 8192  # Serf keeps only the last 8 KiB of a handler's output
 MAX_BODY = 1 << 20
 MAX_CHUNKS = 10_000
+GNU_TIME = "/usr/bin/time"  # Debian package `time`; for the peak-RSS column only
 
 
 # --------------------------------------------------------------------------- receiver
@@ -154,6 +160,8 @@ class Handler:
     hook_path: str | None = None  # receiver path the handler should POST one request to
     # results
     samples: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # user+sys per measured call
+    rss_mib: list[float] = field(default_factory=list)  # peak RSS per measured call
     ok_calls: int = 0
     preflight_ms: float | None = None
     error: str | None = None
@@ -265,7 +273,15 @@ def baseline_handlers(root: Path, receiver: Receiver) -> list[Handler]:
 DEB_ROWS = {"launcher": "usr/bin/serfbridge", "deb-frozen": "usr/lib/serfbridge/serfbridge-frozen"}
 
 
-def install_deb(deb: str, root: Path) -> list[tuple[str, str]]:
+def deb_labels(label: str) -> dict[str, str]:
+    """Row label -> path in the root: ``launcher``/``deb-frozen``, or ``L-launcher``/``L-frozen``
+    for ``--deb L=PATH``."""
+    if not label:
+        return DEB_ROWS
+    return {f"{label}-launcher": DEB_ROWS["launcher"], f"{label}-frozen": DEB_ROWS["deb-frozen"]}
+
+
+def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
     """The .deb in an empty root, as the artifact tests install it; (label, path) per row.
 
     chrootless: the maintainer scripts run with DPKG_ROOT set (byte-compiling the launcher's
@@ -293,7 +309,7 @@ def install_deb(deb: str, root: Path) -> list[tuple[str, str]]:
     )
     if proc.returncode != 0:
         raise SystemExit(f"dpkg could not install {deb}:\n{proc.stdout}{proc.stderr}")
-    return [(label, str(root / rel)) for label, rel in DEB_ROWS.items()]
+    return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
 
 
 # --------------------------------------------------------------------------- running
@@ -305,33 +321,48 @@ class Runner:
         self.ltime = 0
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SERF_", "SERFBRIDGE_"))}
         self.base_env = {**base, **SERF_ENV}
+        self.last_cpu_ms = 0.0  # user+sys of the last invoke
 
-    def invoke(self, handler: Handler) -> tuple[float, int, bytes]:
-        """Run the handler once the way Serf does; return (ms, exit status, output)."""
+    def invoke(self, handler: Handler, wrap: tuple[str, ...] = ()) -> tuple[float, int, bytes]:
+        """Run the handler once the way Serf does; return (ms, exit status, output).
+
+        The child is reaped with ``os.wait4``, so its CPU time is known too
+        (``self.last_cpu_ms``). ``sh -c`` execs a simple command, so that is the handler's own
+        process; an exec'd hand-off (the launcher's) counts in the same process. ``wrap`` goes
+        before ``/bin/sh`` (the peak-RSS pass).
+        """
         self.ltime += 1
         env = {**self.base_env, **handler.extra_env, "SERF_USER_LTIME": str(self.ltime)}
-        argv = ["/bin/sh", "-c", handler.command]
+        argv = [*wrap, "/bin/sh", "-c", handler.command]
         start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        killer = threading.Timer(self.timeout, proc.kill)
+        killer.start()
         try:
-            proc = subprocess.run(
-                argv,
-                input=STDIN,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            elapsed = (time.perf_counter() - start) * 1000.0
-            out = exc.output if isinstance(exc.output, bytes) else b""
-            return elapsed, -1, out + f"\n[bench] killed after {self.timeout:g} s\n".encode()
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            try:
+                proc.stdin.write(STDIN)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            out = proc.stdout.read()  # EOF: the handler and anything holding its output ended
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
         elapsed = (time.perf_counter() - start) * 1000.0
-        return elapsed, proc.returncode, proc.stdout
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        proc.stdout.close()
+        self.last_cpu_ms = (usage.ru_utime + usage.ru_stime) * 1000.0
+        if proc.returncode == -9 and elapsed >= self.timeout * 1000.0:
+            return elapsed, -1, out + f"\n[bench] killed after {self.timeout:g} s\n".encode()
+        return elapsed, proc.returncode, out
 
-    def call(self, handler: Handler, phase: str) -> float | None:
+    def call(self, handler: Handler, phase: str, wrap: tuple[str, ...] = ()) -> float | None:
         """Invoke; on failure mark the handler failed (it is not run again)."""
-        ms, rc, out = self.invoke(handler)
+        ms, rc, out = self.invoke(handler, wrap)
         if rc != 0:
             handler.error = f"exit {rc} ({phase})"
             handler.output = out[-SERF_OUTPUT_MAX:]
@@ -350,6 +381,24 @@ class Runner:
                 ms = self.call(handler, f"{phase} {r + 1}")
                 if measured and ms is not None:
                     handler.samples.append(ms)
+                    handler.cpu_ms.append(self.last_cpu_ms)
+
+    def peak_rss(self, handlers: list[Handler], count: int, root: Path) -> None:
+        """Peak RSS per handler run, from GNU time's ``%M``, after the timed rounds.
+
+        Not from the benchmark's own ``wait4``: a child forked from this process inherits its
+        resident pages until ``exec``, and Linux folds that into the child's ``ru_maxrss``.
+        ``time`` is a small process, so its child starts small; the ``/bin/true`` row shows
+        that floor. Not timed.
+        """
+        if not os.access(GNU_TIME, os.X_OK):
+            return
+        out = root / "rss.txt"
+        for r in range(count):
+            for handler in [h for h in handlers if not h.failed]:
+                wrap = (GNU_TIME, "-f", "%M", "-o", str(out))
+                if self.call(handler, f"peak-RSS run {r + 1}", wrap) is not None:
+                    handler.rss_mib.append(int(out.read_text().split()[-1]) / 1024.0)
 
 
 def preflight(runner: Runner, handlers: list[Handler]) -> None:
@@ -446,13 +495,13 @@ def table(handlers: list[Handler]) -> str:
     curl, true = med.get(CURL_NAME), med.get(TRUE_NAME)
     lines = [
         "| handler | n | median ms | min ms | p90 ms | max ms "
-        "| x bash+curl | x /bin/true | check |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| x bash+curl | x /bin/true | CPU ms | peak RSS MiB | check |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for h in handlers:
         if h.failed:
             lines.append(
-                f"| {h.name} | {len(h.samples)} | ERROR: {h.error} | | | | | | {h.check} |"
+                f"| {h.name} | {len(h.samples)} | ERROR: {h.error} | | | | | | | | {h.check} |"
             )
             continue
         s = stats(h.samples)
@@ -460,7 +509,8 @@ def table(handlers: list[Handler]) -> str:
         lines.append(
             f"| {h.name} | {len(h.samples)} | {m:.2f} | {s['min_ms']:.2f} | {s['p90_ms']:.2f} "
             f"| {s['max_ms']:.2f} | {fmt(ratio(m, curl), suffix='x')} "
-            f"| {fmt(ratio(m, true), suffix='x')} | {h.check} |"
+            f"| {fmt(ratio(m, true), suffix='x')} | {statistics.median(h.cpu_ms):.1f} "
+            f"| {fmt(max(h.rss_mib) if h.rss_mib else None, 1)} | {h.check} |"
         )
     return "\n".join(lines)
 
@@ -532,6 +582,8 @@ def json_report(args: argparse.Namespace, handlers: list[Handler]) -> dict[str, 
             "successful_calls": h.ok_calls,
             "check": h.check,
             "samples_ms": h.samples,
+            "cpu_ms": h.cpu_ms,
+            "peak_rss_mib": h.rss_mib,
         }
         if h.samples and not h.failed:
             row.update(stats(h.samples))
@@ -577,9 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--deb",
-        metavar="PATH",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH",
         help="install this .deb into the temp dir (dpkg --root) and time its launcher "
-        "(/usr/bin/serfbridge) and its frozen build as launcher/... and deb-frozen/... rows",
+        "(/usr/bin/serfbridge) and its frozen build as launcher/... and deb-frozen/... rows; "
+        "repeat with LABEL=PATH to compare packages (rows LABEL-launcher/..., LABEL-frozen/...)",
     )
     p.add_argument(
         "--configs",
@@ -600,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=20.0,
         help="wait this long for background webhook deliveries before checking (20)",
+    )
+    p.add_argument(
+        "--rss-runs",
+        type=int,
+        default=3,
+        help="untimed runs per handler under /usr/bin/time for the peak RSS column (3; 0: none)",
     )
     p.add_argument("--json", metavar="OUT", help="write raw numbers as JSON to OUT")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (state, configs)")
@@ -669,8 +730,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if any(n.startswith(label + "/") for n in names):
             parser.error(f"--frozen label {label!r} clashes with a --handler name")
         frozen.append((label, path))
+    args.debs = parse_debs(parser, args.deb, {f[0] for f in frozen})
     args.frozen_bins = frozen
     return args
+
+
+def parse_debs(
+    parser: argparse.ArgumentParser, specs: list[str], frozen: set[str]
+) -> list[tuple[str, str]]:
+    """``--deb PATH`` (rows launcher, deb-frozen) or ``--deb LABEL=PATH`` ...: (label, path)."""
+    debs: list[tuple[str, str]] = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or "/" in label:
+            label, path = "", spec
+        label = label.strip()
+        if not path or any(label == d[0] for d in debs):
+            parser.error(f"--deb wants PATH once, or LABEL=PATH with distinct labels: {spec!r}")
+        if frozen & set(deb_labels(label)):
+            parser.error(f"--deb label {label!r} clashes with a --frozen label")
+        debs.append((label, path))
+    return debs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -685,8 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         handlers = baseline_handlers(root, receiver)
         if not (args.only_baselines or args.no_serfbridge):
             handlers += serfbridge_handlers(args, root, receiver)
-        if args.deb and not args.only_baselines:
-            args.frozen_bins += install_deb(args.deb, root / "deb-root")
+        if not args.only_baselines:
+            for label, deb in args.debs:
+                args.frozen_bins += install_deb(deb, root / f"deb-root-{label or 'deb'}", label)
         if not args.only_baselines:
             for label, path in args.frozen_bins:
                 handlers += serfbridge_handlers(args, root, receiver, label, path)
@@ -711,6 +792,7 @@ def run(args: argparse.Namespace, handlers: list[Handler], receiver: Receiver, r
     preflight(runner, handlers)
     runner.rounds(handlers, args.warmup, measured=False)
     runner.rounds(handlers, args.runs, measured=True)
+    runner.peak_rss(handlers, args.rss_runs, root)
     run_checks(handlers, receiver, args.drain_timeout)
 
     m = meta(args)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 class RelayProcess(ManagedProcess):
-    """`serfbridge --config <dir>/relay.toml relay`, logging to its process log (stderr)."""
+    """`serfbridge --config <dir>/relay.toml relay`, logging to its process log (stderr), or
+    to the file ``log_file`` when a test sets it before ``start``."""
 
     def __init__(
         self,
@@ -44,19 +45,23 @@ class RelayProcess(ManagedProcess):
         self.body = body
         self.rpc_addr = rpc_addr
         self.log_level = "debug"
+        self.log_file: Path | None = None
 
     def argv(self) -> list[str]:
         return [*self.cmd, "--config", str(self.config), "relay"]
 
     def prepare(self) -> None:
         head = (
-            f'state_dir = {json.dumps(str(self.state))}\nlog_file = "-"\n'
+            f"state_dir = {json.dumps(str(self.state))}\n"
+            f"log_file = {json.dumps(str(self.log_file or '-'))}\n"
             f'log_level = "{self.log_level}"\n'
             f'[serf]\nrpc_addr = "{self.rpc_addr}"\n'
         )
         self.config.write_text(head + self.body, encoding="utf-8")
 
     def is_ready(self) -> bool:
+        if self.log_file is not None:
+            return self.log_file.exists() and "relay ready" in self.log_file.read_text()
         return "relay ready" in self.log_text(current_run=True)
 
 

@@ -26,6 +26,10 @@ def source_class(source_type: str) -> type[Source]:
         from serfbridge.relay.sources.local import LocalSource
 
         return LocalSource
+    if source_type == "nats":
+        from serfbridge.relay.sources.nats import NatsSource
+
+        return NatsSource
     raise ValueError(
         f"unknown source type {source_type!r}: expected one of {', '.join(SOURCE_TYPES)}"
     )

@@ -65,6 +65,9 @@ class Source:
         self.relay = relay
         self.name: str = config.name
         self.gate = Gate(config, relay)
+        #: A broker source's link: False while it is down. None: a listener, up while started
+        #: (``serfbridge_relay_source_up``).
+        self.connected: bool | None = None
 
     def start(self) -> None:
         raise NotImplementedError

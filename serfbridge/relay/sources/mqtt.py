@@ -51,7 +51,9 @@ class MqttSource(Source):
             self.client.username_pw_set(cfg.username, pw)
         if tls:
             self.client.tls_set()
+        self.connected = False
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 10)
         self._stop = threading.Event()
@@ -68,11 +70,18 @@ class MqttSource(Source):
 
     def _on_connect(self, client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
+            self.connected = False
             log.warning("mqtt connect refused", source=self.name, reason=str(reason))
             return
+        self.connected = True
         client.subscribe(self.config.topic, qos=self.config.qos)
         self.subscribed.set()
         log.info("mqtt source subscribed", source=self.name, topic=self.config.topic)
+
+    def _on_disconnect(self, _client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("mqtt connection lost", source=self.name, reason=str(reason))
 
     def _on_message(self, _client: Any, _ud: Any, msg: Any) -> None:
         # paho's network thread must not wait for a query's full timeout.

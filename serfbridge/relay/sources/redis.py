@@ -67,6 +67,7 @@ class RedisSource(Source):
             raise RelayError(f"source {self.name}: bad url: {exc}") from None
         self._stop = threading.Event()
         self._group_ready = False
+        self.connected = False  # until the first reply (a connection error resets both)
         self._server_id = ""
         # entry id -> the writes still owed for it (reply or dead letter, then XACK), for
         # entries that are done with Serf: a retry must not call Serf again.
@@ -112,12 +113,14 @@ class RedisSource(Source):
             delay = 0.0
             try:
                 self._ensure_group()
+                self.connected = True
                 if self._cycle():
                     for backoff in (idle, unreachable, failing):
                         backoff.reset()
                 else:
                     delay = idle.failed()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.connected = False
                 self._group_ready = False
                 delay = unreachable.failed()
                 log.warning("redis unreachable", source=self.name, error=str(exc), retry_in=delay)
