@@ -209,7 +209,11 @@ class SinkWorker:
         self._close()
         state = self._state
         state.attempts += 1
-        state.seen_down = False
+        # Down now (connection refused, host unreachable) or up and refusing (5xx)? Only the
+        # first lets a later successful probe cut the wait short; a 503's backoff holds.
+        state.seen_down = self._addr is not None and not probe.reachable(
+            self._addr, timeout=min(1.0, self.delivery.probe_interval)
+        )
         state.last_error = f"{type(exc).__name__}: {exc}"
         self.counters.inc("failed", self.name)
         age = time.time() - entry_time(item.name)
