@@ -33,6 +33,32 @@ else
     apt_install serf:serf
 fi
 
+# rabbitmq-server for the AMQP tests, which start private brokers (tests/support/rabbitmq.py).
+# The package would start the system broker (5672, epmd on 4369) at install and at boot:
+# policy-rc.d keeps it from starting during the install, and it is disabled afterwards.
+if [ "$EXTRA" = "test" ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo_ tee /usr/sbin/policy-rc.d >/dev/null
+        $sudo_ chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    echo "installing Debian packages: rabbitmq-server (service left stopped)" >&2
+    $sudo_ apt-get update -qq
+    status=0
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq rabbitmq-server >/dev/null ||
+        status=$?
+    [ -z "$own_policy" ] || $sudo_ rm -f /usr/sbin/policy-rc.d
+    (exit "$status")  # a failed install still fails the set-up (set -e), policy removed
+    if [ -d /run/systemd/system ]; then
+        $sudo_ systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+    else
+        $sudo_ update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+    fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi

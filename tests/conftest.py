@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 from support.nats import NatsServer
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
+from support.rabbitmq import RabbitMQServer
 from support.relay import Watcher
 from support.serf import SerfCluster, serf_binary
 from support.servers import BlackholeServer, HttpReceiver, Mosquitto, RedisServer
@@ -105,6 +106,18 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     with _require(lambda: Mosquitto(tmp_path / "mosquitto")) as broker:
         broker.start()
         yield broker
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    """One private rabbitmq-server for the session (it takes seconds to boot); tests use
+    their own queues. Stopped, with its epmd, at the end."""
+    server = _require(lambda: RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture

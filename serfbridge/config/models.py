@@ -31,6 +31,7 @@ from serfbridge.config.checks import URL_SCHEMES, check_addr, check_url, home
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
+from serfbridge.sinks.amqp import AmqpSinkConfig
 from serfbridge.sinks.base import When
 from serfbridge.sinks.command import CommandSinkConfig
 from serfbridge.sinks.file import FileSinkConfig
@@ -51,7 +52,8 @@ SinkConfig = Annotated[
     | RedisSinkConfig
     | CommandSinkConfig
     | MembersSinkConfig
-    | NatsSinkConfig,
+    | NatsSinkConfig
+    | AmqpSinkConfig,
     Field(discriminator="type"),
 ]
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from serfbridge import signing
 from serfbridge.sinks.natsconn import NatsConnection
 
 # The relay's source types, each a module of serfbridge.relay.sources (source_class).
-SOURCE_TYPES = ("http", "redis", "mqtt", "local", "nats")
+SOURCE_TYPES = ("http", "redis", "mqtt", "local", "nats", "amqp")
 # Names NATS accepts for queue groups and durable consumers.
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -172,8 +172,39 @@ class NatsSourceConfig(SourceConfigBase, NatsConnection):
     )
 
 
+class AmqpSourceConfig(SourceConfigBase):
+    type: Literal["amqp"]
+    url: str = Field(description="amqp://user:pass@host:5672/vhost or amqps://...")
+    queue: str = Field(min_length=1, max_length=255, description="The queue to consume.")
+    declare: bool = Field(
+        default=True, description="Declare the queue (durable) if missing; false: it must exist."
+    )
+    prefetch: int = Field(default=10, ge=1, le=1000, description="Unacknowledged messages held.")
+    workers: int = Field(default=4, ge=1, le=64, description="Messages handled at once.")
+    dead_letter: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Queue that gets refused messages with their reason; default: rejected "
+        "(the queue's own dead-letter exchange, if any, takes them).",
+    )
+    ca_certs: str | None = Field(default=None, description="CA bundle for amqps://.")
+    timeout: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        from serfbridge.sinks.amqp import check_url
+
+        return check_url(value)
+
+
 SourceConfig = Annotated[
-    HttpSourceConfig | RedisSourceConfig | MqttSourceConfig | LocalSourceConfig | NatsSourceConfig,
+    HttpSourceConfig
+    | RedisSourceConfig
+    | MqttSourceConfig
+    | LocalSourceConfig
+    | NatsSourceConfig
+    | AmqpSourceConfig,
     Field(discriminator="type"),
 ]
 

@@ -6,7 +6,8 @@ Signature scheme (the same on every source; see docs/relay.md)::
     signature = "sha256=" + hex(HMAC-SHA256(key, timestamp + "." + body))
 
 HTTP carries them in ``X-Serfbridge-Timestamp`` / ``X-Serfbridge-Signature``, MQTT 5 in user
-properties of the same names, Redis in entry fields ``timestamp`` / ``signature``. An HTTP
+properties of the same names, AMQP in message headers of the same names, Redis in entry
+fields ``timestamp`` / ``signature``. An HTTP
 source with ``signature = "standard-webhooks"`` takes the Standard Webhooks headers instead
 (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``). A timestamp further than
 ``max_skew`` seconds from now is stale; a signature seen within the window is a replay. Every

@@ -10,7 +10,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge.sinks.base import Sink
 
-SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members", "nats")
+SINK_TYPES = ("file", "webhook", "mqtt", "redis", "command", "members", "nats", "amqp")
 
 
 def sink_class(sink_type: str) -> type[Sink]:  # noqa: PLR0911 - one literal import each
@@ -42,4 +42,8 @@ def sink_class(sink_type: str) -> type[Sink]:  # noqa: PLR0911 - one literal imp
         from serfbridge.sinks.nats import NatsSink
 
         return NatsSink
+    if sink_type == "amqp":
+        from serfbridge.sinks.amqp import AmqpSink
+
+        return AmqpSink
     raise ValueError(f"unknown sink type {sink_type!r}: expected one of {', '.join(SINK_TYPES)}")

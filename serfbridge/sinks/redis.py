@@ -4,6 +4,11 @@ Each event becomes one stream entry::
 
     XADD <stream> MAXLEN ~ <maxlen> * id <event id> event <type> name <name or ""> data <json>
 
+With ``format = "cloudevents"`` (Redis has no CloudEvents binding, so this follows the spec's
+JSON event format for structured mode) ``data`` is the CloudEvents JSON envelope around the
+document (serfbridge.sinks.cloudevents) and a last field ``content_type`` says
+``application/cloudevents+json``.
+
 redis-py is imported inside the class: this module is imported whenever the configuration is
 loaded, and ``import redis`` costs about 0.1 to 0.3 s (its package ``__init__`` always loads
 ``redis.asyncio`` too, whatever name is imported from it), so only the deliverer pays it.
@@ -57,6 +62,10 @@ class RedisSinkConfig(SinkConfigBase):
     password: SecretStr | None = None
     ssl_ca_certs: str | None = None
     timeout: float = Field(default=5.0, gt=0, le=300)
+    format: Literal["json", "cloudevents"] = Field(
+        default="json", description="data: the document, or a structured CloudEvent."
+    )
+    source: str | None = Field(default=None, description="CloudEvents source; serf://<node>.")
 
     @field_validator("url")
     @classmethod
@@ -208,6 +217,11 @@ class RedisSink(Sink):
             "name": event.get("name") or "",
             "data": body,
         }
+        if self.config.format == "cloudevents":
+            from serfbridge.sinks import cloudevents
+
+            fields["data"] = cloudevents.structured(event, body, self.config.source)
+            fields["content_type"] = cloudevents.STRUCTURED_CONTENT_TYPE
         try:
             client.xadd(key, fields, maxlen=self.config.maxlen, approximate=True)
         except RedisError as exc:

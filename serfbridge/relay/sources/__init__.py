@@ -30,6 +30,10 @@ def source_class(source_type: str) -> type[Source]:
         from serfbridge.relay.sources.nats import NatsSource
 
         return NatsSource
+    if source_type == "amqp":
+        from serfbridge.relay.sources.amqp import AmqpSource
+
+        return AmqpSource
     raise ValueError(
         f"unknown source type {source_type!r}: expected one of {', '.join(SOURCE_TYPES)}"
     )
