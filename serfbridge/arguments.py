@@ -69,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"config file (default: $SERFBRIDGE_CONFIG, then {paths.default_config_path()})",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # --config also after the command (systemd units and most tools put it there); SUPPRESS
+    # keeps a subparser from resetting a --config given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file")
+
+    class _Sub(_Parser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["parents"] = [common]
+            super().__init__(*args, **kwargs)
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Sub)
     sub.add_parser("handle", help="handle one event from SERF_* and stdin (the default)")
     check = sub.add_parser("check", help="validate the configuration")
     check.add_argument("--connect", action="store_true", help="also connect to every sink")
@@ -77,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("deliver", help="run the deliverer in the foreground until the spool drains")
     flush = sub.add_parser("flush", help="deliver everything pending now")
     flush.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    status = sub.add_parser("status", help="per-sink queue, oldest age, errors, dead letters")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--stuck-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="exit 8 when an entry waited longer than this (default 300) or dead letters exist",
+    )
     spool = sub.add_parser("spool", help="list, retry or purge queued and dead-lettered events")
     spool.add_argument("action", choices=["list", "retry", "purge"])
     spool.add_argument("entries", nargs="*", help="entry names (default: all)")

@@ -13,6 +13,7 @@ from serfbridge.capture import paths
 from serfbridge.errors import (
     EXIT_CONFIG,
     EXIT_OK,
+    EXIT_SERF,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     SerfbridgeError,
@@ -35,16 +36,9 @@ def key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
 
 
 def _settings(config: str | None) -> Any:
-    from serfbridge.config.models import load_settings
+    from serfbridge.config.models import load_for
 
-    path = paths.config_path(config)
-    if not os.path.exists(path):
-        if paths.config_named(config):
-            from serfbridge.errors import ConfigError
-
-            raise ConfigError(f"config file {path} does not exist")
-        return load_settings(None)
-    return load_settings(path)
+    return load_for(config)
 
 
 def _configure_log(settings: Any) -> None:
@@ -68,6 +62,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config: {source}: " + ("ok" if not suspicious else "SUSPICIOUS"))
     for item in suspicious:
         print(f"  looks like an unexpanded placeholder: {item}", file=sys.stderr)
+    from serfbridge.config.models import unknown_variables
+
+    for name in unknown_variables():
+        print(f"warning: {name} is set but configures nothing (a misspelled setting?)")
     print(f"state_dir: {settings.state_path}")
     failures = 0
     for sink in settings.effective_sinks():
@@ -88,7 +86,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     for source in settings.sources:
         events = ",".join(source.allow_events) or "-"
         queries = ",".join(source.allow_queries) or "-"
-        print(f"source {source.name}: type={source.type} events={events} queries={queries}")
+        line = f"source {source.name}: type={source.type} events={events} queries={queries}"
+        if args.connect and getattr(source, "url", None):
+            problem = _server_problem(source.url)
+            failures += bool(problem)
+            line += f": UNREACHABLE: {problem}" if problem else ": reachable"
+        print(line)
+    if settings.sources or settings.relay.stream:
+        from serfbridge.relay.app import check_listeners
+
+        check_listeners(settings)  # the relay's own start checks; ConfigError names the source
     for responder in settings.responders:
         kind = "text" if responder.text is not None else "command"
         print(f"responder {responder.query}: {kind}{_when_text(responder.when)}")
@@ -99,7 +106,46 @@ def cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    serf_failed = args.connect and not _check_serf(settings)
+    if serf_failed:
+        return EXIT_SERF
     return EXIT_OK if not failures else EXIT_UNREACHABLE
+
+
+def _server_problem(url: str) -> str:
+    """A source's server answers a TCP connect, or the reason it does not."""
+    from serfbridge.delivery import probe
+
+    addr = probe.url_address(url)
+    if addr is None:
+        return f"cannot tell host and port from {url!r}"
+    return "" if probe.reachable(addr, timeout=3.0) else f"no answer at {addr[0]}:{addr[1]}"
+
+
+def _check_serf(settings: Any) -> bool:
+    """``check --connect``: the Serf RPC handshake (and auth) at ``[serf] rpc_addr``, when
+    the config uses the agent (rpc_addr, once or members sinks, the relay)."""
+    from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
+
+    serf = settings.serf
+    uses_agent = (
+        serf.rpc_addr is not None
+        or settings.sources
+        or settings.relay.stream
+        or any(s.once or s.type == "members" for s in settings.effective_sinks())
+    )
+    if not uses_agent:
+        return True  # nothing in this config talks to the agent
+    addr = serf.rpc_addr or DEFAULT_ADDR
+    auth = serf.rpc_auth.get_secret_value() if serf.rpc_auth else None
+    try:
+        with SerfRPC(addr, auth, timeout=max(serf.rpc_timeout, 2.0)) as rpc:
+            rpc.members()
+    except SerfbridgeError as exc:
+        print(f"serf {addr}: UNREACHABLE: {exc}")
+        return False
+    print(f"serf {addr}: handshake{' and auth' if auth else ''} ok")
+    return True
 
 
 def cmd_schema(_: argparse.Namespace) -> int:
@@ -115,7 +161,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     _configure_log(settings)
     log.follow_rotation()
-    serve(settings)
+    serve(settings, args.config)
     return EXIT_OK
 
 
@@ -124,9 +170,15 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
     settings = _settings(args.config)
     _configure_log(settings)
-    left = flush(settings, args.timeout)
+    left = flush(settings, args.timeout, args.config)
     print(f"{left} event(s) still pending" if left else "spool empty")
     return EXIT_OK if not left else EXIT_PENDING
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from serfbridge.delivery import status
+
+    return status.run(_settings(args.config), args.json, args.stuck_after)
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
@@ -246,6 +298,7 @@ COMMANDS = {
     "deliver": cmd_deliver,
     "flush": cmd_flush,
     "spool": cmd_spool,
+    "status": cmd_status,
     "demo": cmd_demo,
     "route": cmd_route,
     "relay": cmd_relay,

@@ -256,13 +256,6 @@ def test_no_sinks_records_nothing(bridge: Bridge) -> None:
 # --------------------------------------------------------------------------- bad input
 
 BAD_INPUT = [
-    pytest.param(
-        ["handle"],
-        {k: v for k, v in user_env().items() if k != "SERF_EVENT"},
-        b"x\n",
-        "SERF_EVENT is not set",
-        id="handle-without-SERF_EVENT",
-    ),
     pytest.param([], member_env("member-bogus"), N2_JOIN, "unknown SERF_EVENT", id="unknown-type"),
     pytest.param(
         [], member_env("member-join"), b"garbage\n\x00\xff", "member line 1", id="garbage"

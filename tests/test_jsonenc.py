@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serfbridge.capture import jsonenc
-from serfbridge.delivery.batch import canonical
+from serfbridge.delivery.worker import canonical
 
 # What an event document holds: text (any code point but lone surrogates, which the handler
 # never produces), ints, bools, None, lists and string-keyed objects.

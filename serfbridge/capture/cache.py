@@ -110,6 +110,23 @@ def _write(cache: str, stamp: object, compiled: Compiled) -> None:
         pass  # a read-only cache location only costs speed: every event recompiles
 
 
+def fingerprint(explicit: str | None = None, inputs: Inputs | None = None) -> str:
+    """What the compiled config depends on: the cache key (path, ``SERFBRIDGE_*``, version),
+    the file's stamp and, given the ``inputs`` a load recorded, the secret files and
+    variables it read. The deliverer and the stream relay reload when it changes."""
+    path = paths.config_path(explicit)
+    secret: object = None
+    if inputs and (inputs.get("env") or inputs.get("files")):
+        stamps: list[object] = []
+        for name in inputs.get("files", []):
+            try:
+                stamps.append(file_stamp(os.stat(name)))
+            except OSError:
+                stamps.append(None)
+        secret = inputs_digest([os.environ.get(n) for n in inputs.get("env", [])], stamps)
+    return repr((_cache_file(path), _stamp(path), secret))
+
+
 def load(explicit: str | None = None) -> Compiled:
     """The validated config for ``--config``/``SERFBRIDGE_CONFIG``/the per-OS default.
 

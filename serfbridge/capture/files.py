@@ -66,36 +66,70 @@ def open_lockfile(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
 
+# Read as well as write: a torn tail is found by reading the last byte.
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+
+
 def append_record(path: str, data: bytes, *, fsync: bool = False, timeout: float = 2.0) -> None:
-    """Append ``data`` (one or more whole lines) to ``path``; raises OSError on failure.
+    """Append ``data`` (one or more whole lines) to ``path``; raises OSError on failure,
+    leaving the file as it was: never a partial record.
 
     ``O_APPEND`` alone keeps concurrent writers from overwriting each other on POSIX, but Windows
     emulates it with seek-then-write; an exclusive lock around a single ``write`` keeps every
     line whole on both.
     """
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640
-        )
+        fd = os.open(path, _APPEND_FLAGS, 0o640)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o640
-        )
+        fd = os.open(path, _APPEND_FLAGS, 0o640)
     try:
         if not lock(fd, timeout):
             raise TimeoutError(f"{path} stayed locked for {timeout} s")
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if fsync:
-                os.fsync(fd)
+            start = _repair_tail(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if fsync:
+                    os.fsync(fd)
+            except OSError:
+                # Whole record or nothing: a full disk must not leave half a line that the
+                # next record would be glued onto. Shrinking needs no space.
+                os.ftruncate(fd, start)
+                raise
         finally:
             unlock(fd)
     finally:
         os.close(fd)
+
+
+def _repair_tail(fd: int) -> int:
+    """Cut a torn last record (no final newline: a writer died mid-line) back to the last
+    whole line; returns the end offset. One 1-byte read in the common case."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end == 0 or _pread(fd, 1, end - 1) == b"\n":
+        return end
+    pos = end
+    while pos > 0:
+        size = min(65536, pos)
+        chunk = _pread(fd, size, pos - size)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            pos = pos - size + cut + 1
+            break
+        pos -= size
+    os.ftruncate(fd, pos)
+    return pos
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: O_APPEND writes seek to the end anyway
+    return os.read(fd, size)
 
 
 WINDOWS = sys.platform == "win32"
@@ -113,30 +147,6 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sync_files(fds: list[int]) -> None:
-    """Make the data of every file in ``fds`` (on one filesystem) durable at once.
-
-    Linux: one ``syncfs``, a single journal commit for the lot, where an ``fsync`` each
-    costs one commit per file. One file, elsewhere, or where ctypes is missing (the Linux
-    frozen build leaves it out, installers/serfbridge.spec): ``fsync`` each. Raises OSError.
-    """
-    syncfs = None
-    if len(fds) > 1 and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-        except (ImportError, AttributeError, OSError):
-            syncfs = None
-    if syncfs is None:
-        for fd in fds:
-            os.fsync(fd)
-        return
-    if syncfs(fds[0]) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
 
 
 def write_atomic(path: str, data: bytes, *, durable: bool = True, mode: int = 0o600) -> None:

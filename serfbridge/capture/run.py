@@ -14,7 +14,14 @@ from serfbridge.capture import cache, jsonenc, paths, relay_ids, runtime, spool
 from serfbridge.capture import event as parse
 from serfbridge.capture import route as route_decision
 from serfbridge.capture.files import append_record
-from serfbridge.errors import EXIT_OK, EXIT_SPOOL, EXIT_TRUNCATED, ConfigError, InputError
+from serfbridge.errors import (
+    EXIT_OK,
+    EXIT_SPOOL,
+    EXIT_TRUNCATED,
+    EXIT_USAGE,
+    ConfigError,
+    InputError,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,7 +80,7 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
             timeout=_left(cfg, started, serf["rpc_timeout"]),
         ) as rpc:
             known = {m.name: m for m in rpc.members()}
-    except SerfError as exc:
+    except (SerfError, ValueError) as exc:
         log.warning("exact_tags: agent not reachable, keeping parsed tags", error=str(exc))
         return
     for member in doc["members"]:
@@ -86,61 +93,6 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
 
 def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
     """Append to file sinks inline; spool the event for every other matching sink."""
-    spooled = file_sinks_inline(cfg, doc, event_json)
-    if not spooled:
-        return EXIT_OK
-    try:
-        spool.capture(cfg["state_dir"], spooled, event_json)
-    except OSError as exc:
-        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
-        return EXIT_SPOOL
-    start_deliverer(cfg, config_arg)
-    return EXIT_OK
-
-
-def route_many(
-    cfg: Compiled, items: list[tuple[EventDoc, str, str | None]], config_arg: str | None
-) -> list[int | None]:
-    """``route_once`` for a batch of (document, JSON, relay id), spooled with one group
-    commit (``spool.capture_many``) and one look for the deliverer: stream mode's path,
-    where events come faster than one fsync each allows. One status per item."""
-    statuses: list[int | None] = []
-    spooled: list[tuple[list[str], str]] = []
-    owners: list[int] = []
-    for k, (doc, event_json, relay_id) in enumerate(items):
-        if relay_id is not None:
-            from serfbridge.capture import seen
-
-            if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
-                log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
-                statuses.append(None)
-                continue
-        statuses.append(EXIT_OK)
-        sinks = file_sinks_inline(cfg, doc, event_json)
-        if sinks:
-            spooled.append((sinks, event_json))
-            owners.append(k)
-    if not spooled:
-        return statuses
-    try:
-        spool.capture_many(cfg["state_dir"], spooled)
-    except OSError as exc:
-        log.error("cannot spool events", count=len(spooled), error=str(exc))
-        for k in owners:
-            statuses[k] = EXIT_SPOOL
-            relay_id = items[k][2]
-            if relay_id is not None:
-                from serfbridge.capture import seen
-
-                seen.forget(cfg["state_dir"], relay_id)
-        return statuses
-    start_deliverer(cfg, config_arg)
-    return statuses
-
-
-def file_sinks_inline(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str]:
-    """Append to the matching file sinks; the names of the sinks the event is to be
-    spooled for (the others, and a file sink whose append failed)."""
     spooled: list[str] = []
     line = b""
     for sink in route_decision.sinks_for(cfg, doc):
@@ -154,12 +106,20 @@ def file_sinks_inline(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str
                     "file sink failed, spooling the event", sink=sink["name"], error=str(exc)
                 )
         spooled.append(sink["name"])
-    return spooled
-
-
-def start_deliverer(cfg: Compiled, config_arg: str | None) -> None:
-    """Start the deliverer unless one is running (or the config says not to)."""
+    if not spooled:
+        return EXIT_OK
     state_dir = cfg["state_dir"]
+    try:
+        entry = spool.capture(state_dir, spooled, event_json)
+    except OSError as exc:
+        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
+        if doc["event"] != "query":
+            # Serf logs a handler's stderr: the operator sees why without the (full) disk's log.
+            sys.stderr.write(f"serfbridge: cannot spool event {doc['id']}: {exc}\n")
+        return EXIT_SPOOL
+    # A running deliverer hears of the entry at once; otherwise one is started.
+    if spool.wake(state_dir, entry):
+        return EXIT_OK
     if cfg["spawn_deliverer"]:
         try:
             if not spool.deliverer_running(state_dir):
@@ -167,6 +127,7 @@ def start_deliverer(cfg: Compiled, config_arg: str | None) -> None:
         except OSError as exc:
             # The event is safe in the spool; the next handler run or `flush` delivers it.
             log.error("cannot start the deliverer", error=str(exc))
+    return EXIT_OK
 
 
 def route_once(
@@ -177,7 +138,15 @@ def route_once(
     forgotten, so the repeat gets its chance."""
     if relay_id is None:
         return route(cfg, doc, event_json, config_arg)
-    return route_many(cfg, [(doc, event_json, relay_id)], config_arg)[0]
+    from serfbridge.capture import seen
+
+    if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
+        log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
+        return None
+    status = route(cfg, doc, event_json, config_arg)
+    if status != EXIT_OK:
+        seen.forget(cfg["state_dir"], relay_id)
+    return status
 
 
 def _without_config(
@@ -197,10 +166,23 @@ def _without_config(
     return exc.exit_code
 
 
+def _answer(cfg: Compiled, doc: EventDoc, event_json: str, started: float) -> None:
+    from serfbridge.capture import respond
+
+    responder = route_decision.responder_for(cfg, doc)
+    if responder is not None:
+        responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
+        answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
+        os.write(1, answer)
+
+
 def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None) -> int:
     received = time.time()
     started = time.monotonic()
     env = os.environ if environ is None else environ
+    if "SERF_EVENT" not in env:
+        sys.stderr.write("serfbridge: SERF_EVENT is not set; nothing to handle\n")
+        return EXIT_USAGE
     is_query = env.get("SERF_EVENT") == "query"
     try:
         cfg = cache.load(config_arg)
@@ -235,13 +217,7 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
         return EXIT_OK
 
     if is_query:
-        from serfbridge.capture import respond
-
-        responder = route_decision.responder_for(cfg, doc)
-        if responder is not None:
-            responder = {**responder, "timeout": _left(cfg, started, responder["timeout"])}
-            answer = respond.answer(responder, doc, event_json, cfg["query_response_size_limit"])
-            os.write(1, answer)
+        _answer(cfg, doc, event_json, started)
 
     if truncated:
         log.error(

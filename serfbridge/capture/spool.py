@@ -6,8 +6,16 @@ Layout under ``<state_dir>/spool/``::
     queue/<sink>/<entry>.json    fanned out by the deliverer, one directory per sink
     queue/<sink>/.head.json      attempts and next retry time of that queue's head entry
     dead/<sink>/<entry>.json     dead letters, with <entry>.reason.json beside each
-    rejected/<entry>.json        input that could not be parsed, kept raw (env + stdin)
+    progress/<sink>.done         names of incoming entries that sink has finished
+    rejected/<entry>.json        input that could not be parsed, kept raw (env + stdin),
+                                 and entries the deliverer found malformed (<entry>.reason)
     deliver.lock                 held by the one running deliverer
+    deliver.pid                  its process id
+
+An incoming entry is the one durable copy of the event: the deliverer reads it, sends it to
+each sink it names, records per-sink progress, and unlinks it when the last sink is done
+(serfbridge.delivery.ledger). ``queue/<sink>/`` holds only dead letters moved back by
+``spool retry``.
 
 ``<entry>`` is ``<time_ns>-<pid>-<n>``: sorting names sorts by capture time, which is event
 order because Serf runs one agent's handlers one at a time. Every file is written to a
@@ -26,7 +34,6 @@ import time
 from serfbridge.capture import files, jsonenc, runtime
 
 _counter = [0]
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 
 
 def spool_dir(state_dir: str, *parts: str) -> str:
@@ -59,45 +66,6 @@ def capture(state_dir: str, sinks: list[str], event_json: str) -> str:
     return name
 
 
-def capture_many(state_dir: str, items: list[tuple[list[str], str]]) -> list[str]:
-    """``capture`` for many events with one group commit: every entry is written to its
-    temp file, the data of all of them made durable at once (``files.sync_files``), then
-    each renamed into place and the directory fsynced once. The same guarantee as
-    ``capture`` (a reader sees whole entries; once this returns they survive a power cut)
-    for two flushes per batch instead of two per event. Raises OSError; entries not yet
-    renamed are then removed (the caller counts the whole batch as not captured; one that
-    was renamed is whole and is delivered, at worst a second copy)."""
-    incoming = spool_dir(state_dir, "incoming")
-    os.makedirs(incoming, exist_ok=True)
-    names = [entry_name() for _ in items]
-    paths = [os.path.join(incoming, name + ".json") for name in names]
-    temps = [f"{path}.{os.getpid()}.tmp" for path in paths]
-    fds: list[int] = []
-    try:
-        for tmp, (sinks, event_json) in zip(temps, items, strict=True):
-            fds.append(os.open(tmp, _CREATE, 0o600))
-            view = memoryview(_entry(sinks, event_json))
-            while view:
-                view = view[os.write(fds[-1], view) :]
-        files.sync_files(fds)
-        for fd in fds:
-            os.close(fd)
-        fds = []
-        for tmp, path in zip(temps, paths, strict=True):
-            os.replace(tmp, path)
-        files.fsync_dir(incoming)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        for tmp in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise
-    return names
-
-
 def reject(
     state_dir: str, reason: str, environ: dict[str, str], stdin: bytes, received: float
 ) -> str:
@@ -115,6 +83,49 @@ def reject(
     data = jsonenc.dumps(record).encode("utf-8", "surrogateescape")
     files.write_atomic(os.path.join(spool_dir(state_dir, "rejected"), name + ".json"), data)
     return name
+
+
+def wake_address(state_dir: str) -> str | bytes | None:
+    """Where a running deliverer listens for wake-ups (a Unix datagram socket), or None
+    (Windows: the deliverer polls ``incoming/`` instead). Linux uses the abstract namespace,
+    which has no path length limit and leaves no file behind; the name is derived from the
+    state directory, so each deliverer has its own."""
+    if sys.platform == "win32":
+        return None
+    absolute = os.path.abspath(state_dir)
+    if sys.platform.startswith("linux"):
+        try:
+            from _blake2 import blake2b
+        except ImportError:  # pragma: no cover
+            from hashlib import blake2b
+        digest = blake2b(absolute.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+        return b"\0serfbridge-wake-" + digest.encode()
+    path = os.path.join(absolute, "spool", "wake.sock")
+    return path if len(path.encode()) < 100 else None
+
+
+def wake(state_dir: str, entry: str) -> bool:
+    """Tell a running deliverer that ``entry`` is in ``incoming/``; True if one listened.
+
+    One datagram, no reply, never blocks: ``_socket`` rather than ``socket`` because the
+    wrapper module costs a millisecond of imports on every event."""
+    addr = wake_address(state_dir)
+    if addr is None:
+        return False
+    import _socket
+
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        sock.setblocking(False)
+        sock.sendto(entry.encode("ascii") + b".json", addr)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def deliverer_running(state_dir: str) -> bool:
@@ -143,7 +154,7 @@ def deliverer_argv(config: str | None) -> list[str]:
     else:
         argv = [sys.executable, "-m", "serfbridge"]
     if config:
-        # --config is an option of the top-level parser: it must come before the command.
+        # Before the command: what every version of the parser accepts.
         argv += ["--config", config]
     return [*argv, "deliver"]
 

@@ -26,7 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serfbridge.capture import filters, paths, render, when
-from serfbridge.config import secrets
+from serfbridge.config import checks, secrets
+from serfbridge.config.checks import URL_SCHEMES, check_addr, check_url, home
 from serfbridge.config.relay import SOURCE_TYPES, RelayConfig, SourceConfig
 from serfbridge.errors import ConfigError
 from serfbridge.sinks import SINK_TYPES
@@ -75,6 +76,11 @@ class SerfConfig(_Section):
     )
     rpc_timeout: float = Field(default=0.5, gt=0, le=10)
 
+    @field_validator("rpc_addr")
+    @classmethod
+    def _valid_addr(cls, value: str | None) -> str | None:
+        return None if value is None else check_addr(value)
+
     @model_validator(mode="after")
     def _exact_needs_rpc(self) -> SerfConfig:
         if self.exact_tags and not self.rpc_addr:
@@ -93,7 +99,18 @@ class DeliveryConfig(_Section):
         default=30.0, ge=0, description="Seconds the deliverer stays after the spool drains."
     )
     poll_interval: float = Field(
-        default=0.01, gt=0, le=5, description="Seconds between looks at the spool for new events."
+        default=0.05,
+        gt=0,
+        le=5,
+        description="Seconds between looks at the spool where handlers cannot wake the "
+        "deliverer (Windows); elsewhere they wake it at once and it looks every second.",
+    )
+    probe_interval: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="While a network sink's head entry waits out its backoff, probe the "
+        "sink's address this often; once it answers again the entry is retried at once.",
     )
 
 
@@ -199,6 +216,41 @@ class Settings(BaseSettings):
             seen.add(source.name)
         return sources
 
+    @model_validator(mode="after")
+    def _addresses_andhome(self) -> Settings:
+        """Addresses and URLs checked at load (so ``check`` names the key); ``~`` expanded in
+        every path the config holds."""
+        problems = []
+        groups: tuple[tuple[str, list[Any]], ...] = (
+            ("sinks", list(self.sinks or [])),
+            ("sources", list(self.sources)),
+        )
+        for kind, items in groups:
+            for i, item in enumerate(items):
+                url = getattr(item, "url", None)
+                schemes = URL_SCHEMES.get(str(getattr(item, "type", "")))
+                try:
+                    if isinstance(url, str) and schemes:
+                        check_url(url, schemes)
+                    if isinstance(getattr(item, "listen", None), str):
+                        check_addr(item.listen)
+                except ValueError as exc:
+                    key = "url" if isinstance(url, str) else "listen"
+                    problems.append(f"{kind}[{i}] ({item.type}).{key}: {exc}")
+                for attr in ("path", "tls_cert", "tls_key", "cwd"):
+                    value = getattr(item, attr, None)
+                    if isinstance(value, str) and value.startswith("~"):
+                        setattr(item, attr, home(value))
+        if self.relay.metrics_listen is not None:
+            try:
+                check_addr(self.relay.metrics_listen)
+            except ValueError as exc:
+                problems.append(f"relay.metrics_listen: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.log_file = home(self.log_file) if self.log_file != "-" else self.log_file
+        return self
+
     @property
     def state_path(self) -> str:
         """``state_dir`` with ``~`` expanded, made absolute: what every component uses."""
@@ -208,7 +260,7 @@ class Settings(BaseSettings):
         """No ``sinks`` key at all means the embedded default: every event to one JSON file."""
         if self.sinks is not None:
             return list(self.sinks)
-        path = os.path.join(self.state_dir, DEFAULT_EVENTS_FILE)
+        path = os.path.join(self.state_path, DEFAULT_EVENTS_FILE)
         return [FileSinkConfig(type="file", name=DEFAULT_SINK_NAME, path=path)]
 
 
@@ -248,6 +300,22 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``SERFBRIDGE_*`` names that configure nothing (a typo like SERFBRIDGE_STAT_DIR)."""
+    return checks.unknown_variables(set(Settings.model_fields), environ)
+
+
+def load_for(explicit: str | None) -> Settings:
+    """The settings for ``--config``/``SERFBRIDGE_CONFIG``/the default path, as every
+    command and the deliverer load them: a missing file is an error only when named."""
+    path = paths.config_path(explicit)
+    if not os.path.exists(path):
+        if paths.config_named(explicit):
+            raise ConfigError(f"config file {path} does not exist")
+        return load_settings(None)
+    return load_settings(path)
 
 
 def load_settings(path: str | None) -> Settings:

@@ -7,12 +7,15 @@ import json
 import os
 from typing import Any
 
+from serfbridge.capture.files import append_record
 from serfbridge.capture.spool import entry_time, spool_dir
+from serfbridge.delivery import stats
+from serfbridge.delivery.entries import valid_sink_name
 from serfbridge.errors import EXIT_OK, EXIT_USAGE
 
 
 def _sinks(root: str, only: str | None) -> list[str]:
-    if not os.path.isdir(root):
+    if not os.path.isdir(root) or (only is not None and not valid_sink_name(only)):
         return []
     return sorted(s for s in os.listdir(root) if only is None or s == only)
 
@@ -37,6 +40,19 @@ def _reason(directory: str, name: str) -> dict[str, Any]:
         return {}
 
 
+def _rejected_reason(directory: str, name: str) -> str:
+    """Why an entry was rejected; never fails on what the entry holds (any bytes)."""
+    info = _reason(directory, name)
+    if info.get("reason"):
+        return str(info["reason"])
+    try:
+        with open(os.path.join(directory, name), "rb") as fh:
+            record = json.loads(fh.read().decode("utf-8", "replace"))
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"(unreadable entry: {exc})"
+    return str(record.get("reason", "?")) if isinstance(record, dict) else "?"
+
+
 def _drop_reason(directory: str, name: str) -> None:
     try:
         os.unlink(os.path.join(directory, name[:-5] + ".reason"))
@@ -48,10 +64,10 @@ def _list(state: str, kind: str, args: argparse.Namespace) -> int:
     if kind == "rejected":
         directory = spool_dir(state, "rejected")
         for name in _entries(directory, args.entries):
-            with open(os.path.join(directory, name), encoding="utf-8") as fh:
-                record = json.load(fh)
-            print(f"rejected {name[:-5]}: {record.get('reason', '?')}")
+            print(f"rejected {name[:-5]}: {_rejected_reason(directory, name)}")
         return EXIT_OK
+    if kind == "queue":
+        return _list_waiting(state, args)
     root = spool_dir(state, kind)
     for sink in _sinks(root, args.sink):
         directory = os.path.join(root, sink)
@@ -66,6 +82,42 @@ def _list(state: str, kind: str, args: argparse.Namespace) -> int:
             elif age:
                 line += f"  captured {age:.3f}"
             print(line)
+    return EXIT_OK
+
+
+def _selected(state: str, args: argparse.Namespace) -> dict[str, list[tuple[str, str, bool]]]:
+    """What waits per sink (incoming/ entries a sink has not finished, and queue/ files),
+    narrowed to ``--sink`` and the named entries."""
+    found = stats.waiting(state)
+    if args.sink is not None:
+        found = {args.sink: found.get(args.sink, [])} if valid_sink_name(args.sink) else {}
+    if args.entries:
+        keep = {w if w.endswith(".json") else w + ".json" for w in args.entries}
+        found = {s: [i for i in items if i[0] in keep] for s, items in found.items()}
+    return found
+
+
+def _list_waiting(state: str, args: argparse.Namespace) -> int:
+    for sink, items in sorted(_selected(state, args).items()):
+        print(f"queue {sink}: {len(items)} event(s)")
+        for name, _, _ in items:
+            print(f"  {name[:-5]}  captured {entry_time(name):.3f}")
+    return EXIT_OK
+
+
+def _purge_waiting(state: str, args: argparse.Namespace) -> int:
+    """Drop waiting events for a sink: queue/ files are removed; for an incoming/ entry the
+    sink is marked finished (the entry goes when no sink waits for it). A deliverer running
+    now may still send what it had already read."""
+    removed = 0
+    for sink, items in _selected(state, args).items():
+        for name, path, from_incoming in items:
+            if from_incoming:
+                append_record(spool_dir(state, "progress", sink + ".done"), (name + "\n").encode())
+            else:
+                os.unlink(path)
+            removed += 1
+    print(f"{removed} queue event(s) removed")
     return EXIT_OK
 
 
@@ -86,6 +138,8 @@ def _retry(state: str, args: argparse.Namespace) -> int:
 
 
 def _purge(state: str, kind: str, args: argparse.Namespace) -> int:
+    if kind == "queue":
+        return _purge_waiting(state, args)
     if kind == "rejected":
         dirs = [spool_dir(state, "rejected")]
     else:

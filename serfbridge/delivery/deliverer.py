@@ -1,317 +1,274 @@
-"""The deliverer: drains the spool to the sinks, in order per sink, with retries.
+"""The deliverer: drains the spool to the sinks, in order per sink, following the config.
 
 One deliverer runs per state directory (``spool/deliver.lock``). Handlers start it when they
-spool an event and find the lock free; it stays while there is work, lingers
-``delivery.linger`` seconds after the spool drains, and exits. ``serfbridge flush`` runs the
-same loop in the foreground.
+spool an event and no deliverer answers their wake-up (``serfbridge.delivery.wake``); it stays
+while there is work, lingers ``delivery.linger`` seconds after the spool drains, and exits.
+``serfbridge flush`` runs the same loop in the foreground.
 
-Per sink, the oldest entry is the head: it is sent until it succeeds, is rejected
-(``SinkRejected``: dead letter at once), runs out of ``max_attempts`` or passes ``max_age``
-(dead letter). Between attempts it waits ``backoff_initial * 2**(n-1)`` seconds, capped at
-``backoff_max``, with full jitter on the upper half, or what the receiver's ``Retry-After``
-asked for. Later entries wait behind the head, so each sink sees events in capture order.
-A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
-``digest_size``, ``send_digest``); a failure counts against the head alone, as for one.
+It follows the config the handler uses: before each fan-out it compares the compiled config's
+fingerprint (``serfbridge.capture.cache.fingerprint``) and reloads when it changed, starting,
+stopping or reopening sink workers. An entry for a sink the config does not name triggers a
+reload first; only a sink the reloaded config still lacks is dead-lettered, with the reason
+``sink removed from config`` (``spool retry`` brings the events back once it is re-added).
+Each sink has its own thread (``serfbridge.delivery.worker``); nothing one sink does stops
+another.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+import traceback
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import files
-from serfbridge.capture.files import fsync_dir, write_atomic
-from serfbridge.capture.spool import entry_time, spool_dir
-from serfbridge.config.models import DeliveryConfig, Settings
-from serfbridge.delivery import batch, once
-from serfbridge.delivery.backoff import Backoff
-from serfbridge.errors import SinkError
-from serfbridge.sinks import sink_class
+from serfbridge.capture import cache, files
+from serfbridge.capture.files import write_atomic
+from serfbridge.capture.spool import spool_dir
+from serfbridge.config.models import Settings, load_for
+from serfbridge.delivery import once, stats
+from serfbridge.delivery.entries import valid_sink_name
+from serfbridge.delivery.ledger import Ledger, dead_letter
+from serfbridge.delivery.wake import RESCAN, WakeSocket
+from serfbridge.delivery.worker import SinkWorker, canonical
+from serfbridge.errors import ConfigError
 
-HEAD_STATE = ".head.json"
 WAKE_FILE = "wake"
-
-
-def _json_files(directory: str) -> list[str]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
-
-
-@dataclass
-class HeadState:
-    name: str = ""
-    attempts: int = 0
-    next_at: float = 0.0
-    last_error: str = ""
-
-    @classmethod
-    def load(cls, queue: str) -> HeadState:
-        try:
-            with open(os.path.join(queue, HEAD_STATE), encoding="utf-8") as fh:
-                return cls(**json.load(fh))
-        except (OSError, ValueError, TypeError):
-            return cls()
-
-    def save(self, queue: str) -> None:
-        data = json.dumps(self.__dict__).encode()
-        write_atomic(os.path.join(queue, HEAD_STATE), data, durable=False)
-
-
-def dead_letter(state_dir: str, sink: str, src: str, reason: str, attempts: int) -> None:
-    target = spool_dir(state_dir, "dead", sink)
-    os.makedirs(target, exist_ok=True)
-    name = os.path.basename(src)
-    meta = {"sink": sink, "reason": reason, "attempts": attempts, "dead_at": time.time()}
-    write_atomic(os.path.join(target, name[: -len(".json")] + ".reason"), json.dumps(meta).encode())
-    os.replace(src, os.path.join(target, name))
-    log.error("event dead-lettered", sink=sink, entry=name, attempts=attempts, reason=reason)
-
-
-@dataclass
-class SinkWorker:
-    """Delivers one sink's queue in its own thread, so a hung sink delays only itself."""
-
-    state_dir: str
-    config: Any
-    delivery: DeliveryConfig
-    stop: threading.Event
-    drain: bool = False  # flush: one attempt per entry, stop at the first failure
-    delivered: int = 0
-    failed: bool = False
-    _sink: Any = field(default=None, repr=False)
-    # Set by fan_out when it queues an entry here, so the worker starts at once instead of
-    # at its next poll (which only catches what a wake-up could miss).
-    nudge: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    @property
-    def backoff(self) -> Backoff:
-        return Backoff(self.delivery.backoff_initial, self.delivery.backoff_max, jitter=True)
-
-    @property
-    def queue(self) -> str:
-        return spool_dir(self.state_dir, "queue", self.config.name)
-
-    def _close(self) -> None:
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
-
-    def _batch(self, names: list[str]) -> tuple[list[str], bool] | None:
-        """The entries the next send takes once the sink's rate allows, and whether they are
-        one digest message (``digest_size``) or a batch (``max_batch``); None on stop."""
-        if self._sink is None:
-            sink = sink_class(self.config.type)(self.config)
-            sink.open()
-            self._sink = sink
-        if (delay := self._sink.pace()) > 0:
-            if self.stop.wait(delay):
-                return None
-            names = _json_files(self.queue)  # what arrived meanwhile can join a digest
-        digest = max(1, int(self._sink.digest_size(len(names))))
-        if digest > 1:
-            return names[:digest], True
-        return names[: max(1, self._sink.max_batch)], False
-
-    def step(self, wake: bool) -> bool:
-        """Try the head entry and those the sink takes with it once, if due; False when
-        there is nothing to do now. Outcomes are applied in queue order: an entry is removed
-        only once it and every earlier one were delivered or dead-lettered."""
-        names = _json_files(self.queue)
-        if not names:
-            return False
-        head = names[0]
-        path = os.path.join(self.queue, head)
-        state = HeadState.load(self.queue)
-        if state.name != head:
-            state = HeadState(name=head)
-        if state.next_at > time.time() and not wake and not self.drain:
-            return False
-        try:
-            chosen = self._batch(names)
-            if chosen is None:
-                return False
-            names, digest = chosen
-            paths = [os.path.join(self.queue, name) for name in names]
-            outcomes = batch.send(self._sink, paths, digest)
-        except Exception as exc:  # noqa: BLE001 - a sink bug must not kill delivery
-            if not isinstance(exc, SinkError | OSError | ValueError | KeyError):
-                log.error("sink raised an unexpected error", sink=self.config.name, error=repr(exc))
-            self._failed(path, state, exc)
-            return not self.failed
-        for k, outcome in enumerate(outcomes):
-            if outcome is not None:
-                self._failed(paths[k], state if k == 0 else HeadState(name=names[k]), outcome)
-                if outcome.retryable:
-                    return not self.failed
-                continue
-            os.unlink(paths[k])
-            self.delivered += 1
-            log.debug("delivered", sink=self.config.name, entry=names[k])
-        return bool(outcomes)
-
-    def _failed(self, path: str, state: HeadState, exc: Exception) -> None:
-        self._close()
-        state.attempts += 1
-        state.last_error = f"{type(exc).__name__}: {exc}"
-        age = time.time() - entry_time(state.name)
-        retryable = getattr(exc, "retryable", True) and not isinstance(exc, ValueError | KeyError)
-        if (
-            not retryable
-            or state.attempts >= self.delivery.max_attempts
-            or age >= self.delivery.max_age
-        ):
-            why = "rejected" if not retryable else "gave up"
-            dead_letter(
-                self.state_dir, self.config.name, path, f"{why}: {state.last_error}", state.attempts
-            )
-            return
-        delay = self.backoff.delay(state.attempts, getattr(exc, "retry_after", None))
-        state.next_at = time.time() + delay
-        state.save(self.queue)
-        log.warning(
-            "delivery failed, will retry",
-            sink=self.config.name,
-            entry=state.name,
-            attempt=state.attempts,
-            retry_in=f"{delay:.2f}s",
-            error=state.last_error,
-        )
-        if self.drain:
-            self.failed = True
-
-    def run(self, wake_seen: threading.Event) -> None:
-        try:
-            while not self.stop.is_set() and not self.failed:
-                if not self.step(wake_seen.is_set()):
-                    if self.drain and not _json_files(self.queue):
-                        return
-                    self.nudge.wait(self.delivery.poll_interval)
-                    self.nudge.clear()
-        finally:
-            self._close()
+REMOVED = "sink removed from config"
+TEXTFILE_EVERY = 5.0
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, *, drain: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, drain: bool = False, config: str | None = None
+    ) -> None:
         self.state_dir = settings.state_path
         self.settings = settings
-        self.sinks = {s.name: s for s in settings.effective_sinks()}
+        self.config_arg = config
         self.drain = drain
         self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.workers = [
-            SinkWorker(self.state_dir, cfg, settings.delivery, self.stop, drain=drain)
-            for cfg in self.sinks.values()
-        ]
+        self.wake_all = threading.Event()
+        self.ledger = Ledger(self.state_dir)
+        self.counters = stats.Counters(self.state_dir)
+        self.workers: dict[str, SinkWorker] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self._fingerprint = self._current_fingerprint()
         self._membership = once.Membership(settings.serf)
 
-    def fan_out(self) -> int:
-        """Move captured entries into the queue of every sink they are for."""
-        incoming = spool_dir(self.state_dir, "incoming")
-        moved = 0
-        for name in _json_files(incoming):
-            src = os.path.join(incoming, name)
-            try:
-                with open(src, "rb") as fh:
-                    entry = json.loads(fh.read())
-                targets, event = list(entry["sinks"]), entry["event"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("unreadable spool entry moved to rejected/", entry=name, error=str(exc))
-                os.makedirs(spool_dir(self.state_dir, "rejected"), exist_ok=True)
-                os.replace(src, spool_dir(self.state_dir, "rejected", name))
-                continue
-            touched: set[str] = set()
-            for sink_name in targets:
-                queue = spool_dir(self.state_dir, "queue", sink_name)
-                os.makedirs(queue, exist_ok=True)
-                touched.add(queue)
-                cfg = self.sinks.get(sink_name)
-                if cfg is None:
-                    write_atomic(os.path.join(queue, name), json.dumps({"event": event}).encode())
-                    dead_letter(
-                        self.state_dir,
-                        sink_name,
-                        os.path.join(queue, name),
-                        "sink is no longer configured",
-                        0,
-                    )
-                    continue
-                docs = self._membership.mine(event) if cfg.once else [event]
-                for k, doc in enumerate(docs):
-                    part = name if len(docs) == 1 and doc is event else f"{name[:-5]}-{k:03d}.json"
-                    write_atomic(
-                        os.path.join(queue, part),
-                        json.dumps({"event": doc}).encode(),
-                        durable=False,
-                    )
-            for queue in touched:
-                fsync_dir(queue)
-            for worker in self.workers:
-                if worker.queue in touched:
-                    worker.nudge.set()
-            os.unlink(src)
-            moved += 1
-        return moved
+    # -- config ------------------------------------------------------------------------
+    def _current_fingerprint(self) -> str | None:
+        try:
+            return cache.fingerprint(self.config_arg, getattr(self.settings, "_inputs", None))
+        except ConfigError:
+            return None
 
-    def pending(self) -> bool:
-        if _json_files(spool_dir(self.state_dir, "incoming")):
+    def reload(self, *, force: bool = False) -> bool:
+        """Reload if the config changed (or ``force``); False when it cannot be read."""
+        current = self._current_fingerprint()
+        if not force and current == self._fingerprint:
             return True
-        return any(_json_files(w.queue) for w in self.workers)
+        try:
+            settings = load_for(self.config_arg)
+        except ConfigError as exc:
+            # Keep delivering with what we have; nothing is dead-lettered on a broken config.
+            log.error("config changed but is invalid; keeping the previous one", error=str(exc))
+            self._fingerprint = current
+            return False
+        if current != self._fingerprint:
+            log.info("config changed, reloading sinks")
+        self.settings = settings
+        self._fingerprint = self._current_fingerprint()  # with the new load's secret inputs
+        self._membership = once.Membership(settings.serf)
+        self._apply()
+        return True
 
-    def _check_wake(self, look: bool) -> None:
+    def _apply(self) -> None:
+        wanted = {s.name: s for s in self.settings.effective_sinks()}
+        for name in [n for n in self.workers if n not in wanted]:
+            self._stop_worker(name)
+        for name, cfg in wanted.items():
+            worker = self.workers.get(name)
+            if worker is None:
+                self._start_worker(cfg)
+            elif cfg.model_dump() != worker.config.model_dump():
+                worker.config, worker.reopen = cfg, True
+                worker.__post_init__()
+                worker.nudge.set()
+            else:
+                worker.delivery = self.settings.delivery
+            if worker is not None:
+                worker.membership = self._membership
+        self._bury_orphans()
+
+    def _start_worker(self, cfg: Any) -> None:
+        worker = SinkWorker(
+            self.state_dir,
+            cfg,
+            self.settings.delivery,
+            self.ledger,
+            self.counters,
+            self._membership,
+            drain=self.drain,
+            wake_all=self.wake_all,
+        )
+        self.ledger.scan_queue(worker.name)
+        self.workers[worker.name] = worker
+        thread = threading.Thread(target=worker.run, name=f"sink-{worker.name}", daemon=True)
+        self.threads[worker.name] = thread
+        thread.start()
+
+    def _stop_worker(self, name: str) -> None:
+        worker = self.workers.pop(name)
+        worker.stop.set()
+        worker.nudge.set()
+        # A send is bounded by its sink's own timeout; this only guards against a bug.
+        self.threads.pop(name).join(timeout=30.0)
+        log.info("sink removed from the config", sink=name)
+
+    def _bury_orphans(self) -> None:
+        """After a successful reload: what waits for a sink the config lacks is dead."""
+        root = spool_dir(self.state_dir, "queue")
+        on_disk = [d for d in os.listdir(root) if valid_sink_name(d)] if os.path.isdir(root) else []
+        for sink in sorted(set(self.ledger.sinks()) | set(on_disk)):
+            if sink in self.workers:
+                continue
+            self.ledger.scan_queue(sink)
+            buried = 0
+            for item, event in self.ledger.take_all(sink):
+                try:
+                    dead_letter(self.state_dir, sink, item.name, event, reason=REMOVED, attempts=0)
+                except OSError as exc:
+                    log.error("cannot dead-letter for a removed sink", sink=sink, error=str(exc))
+                    self.ledger.put_back(sink, item)
+                    continue
+                self.ledger.finish(sink, item)
+                self.counters.inc("dead", sink)
+                buried += 1
+            if buried:
+                log.warning(
+                    "events of a sink no longer in the config dead-lettered",
+                    sink=sink,
+                    events=buried,
+                )
+            try:
+                os.rmdir(os.path.join(root, sink))
+            except OSError:
+                pass
+
+    # -- the spool ---------------------------------------------------------------------
+    def _dispatch(self, touched: list[str]) -> None:
+        unknown = [s for s in touched if s not in self.workers]
+        if unknown and self.reload(force=True):
+            self._bury_orphans()
+        for sink in touched:
+            worker = self.workers.get(sink)
+            if worker is not None:
+                worker.nudge.set()
+
+    def _rescan(self) -> list[str]:
+        touched = self.ledger.scan_incoming()
+        for name, worker in self.workers.items():
+            if self.ledger.scan_queue(name):
+                touched.append(name)
+                worker.nudge.set()
         path = spool_dir(self.state_dir, WAKE_FILE)
         if os.path.exists(path):
-            self.wake.set()
+            # `flush` from another process: retry every head now.
+            self.wake_all.set()
             try:
                 os.unlink(path)
             except OSError:
                 pass
-        elif look and self.wake.is_set() and not self.pending():
-            self.wake.clear()
+            for worker in self.workers.values():
+                worker.nudge.set()
+        return touched
+
+    def pending(self) -> bool:
+        return not self.ledger.empty()
+
+    def _textfile(self) -> None:
+        try:
+            snap = self.snapshot()
+            stats.write_textfile(self.state_dir, stats.render(snap, self.counters.copy(), True))
+            self.counters.save()
+        except OSError as exc:
+            log.warning("cannot write the metrics textfile", error=str(exc))
+
+    def snapshot(self) -> dict[str, Any]:
+        return stats.snapshot(self.state_dir, list(self.workers))
 
     def run(self) -> None:
         """Deliver until the spool has been empty for ``linger`` seconds (or, draining, until
         every sink is empty or has failed once)."""
-        threads = [
-            threading.Thread(target=w.run, args=(self.wake,), daemon=True) for w in self.workers
-        ]
+        wake = WakeSocket(self.state_dir)
         if self.drain:
-            self.wake.set()
-        self.fan_out()
-        for t in threads:
-            t.start()
-        idle_since = looked = time.monotonic()
-        linger = self.settings.delivery.linger
+            self.wake_all.set()
         try:
-            while True:
-                # pending() lists every queue: at every poll, most of a long drain's CPU.
-                # Twice a second and before lingering ends; a drain ends by its workers.
-                now = time.monotonic()
-                look = not self.drain and (now - looked >= 0.5 or now - idle_since >= linger)
-                looked = now if look else looked
-                self._check_wake(look)
-                if self.fan_out() or (look and self.pending()):
-                    idle_since = time.monotonic()
-                if self.drain and not any(t.is_alive() for t in threads):
-                    break
-                if not self.drain and time.monotonic() - idle_since >= linger:
-                    break
-                time.sleep(self.settings.delivery.poll_interval)
+            self.ledger.load_progress()
+            self.ledger.scan_incoming()
+            self.ledger.compact_progress()
+            self._apply()
+            self._loop(wake)
         finally:
+            wake.close()
             self.stop.set()
-            for w in self.workers:
-                w.nudge.set()
-            for t in threads:
-                # A send is bounded by its sink's own timeout; this only guards against a bug.
-                t.join(timeout=30.0)
+            for name in list(self.workers):
+                worker = self.workers.pop(name)
+                worker.stop.set()
+                worker.nudge.set()
+                self.threads.pop(name).join(timeout=30.0)
+            self._textfile_final()
+
+    def _textfile_final(self) -> None:
+        try:
+            snap = stats.snapshot(self.state_dir, [s.name for s in self.settings.effective_sinks()])
+            stats.write_textfile(self.state_dir, stats.render(snap, self.counters.copy(), False))
+            self.counters.save()
+        except OSError as exc:
+            log.warning("cannot write the metrics textfile", error=str(exc))
+
+    def _loop(self, wake: WakeSocket) -> None:
+        idle_since = time.monotonic()
+        last_scan = last_text = time.monotonic()
+        interval = RESCAN if wake.active else self.settings.delivery.poll_interval
+        was_empty = False
+        while True:
+            try:
+                names = wake.wait(min(interval, 0.25) if self.drain else interval)
+                if not wake.active:
+                    time.sleep(interval)
+                self.reload()
+                touched: list[str] = []
+                for name in names or ():
+                    touched += self.ledger.add_incoming(name)
+                now = time.monotonic()
+                if names is None or now - last_scan >= RESCAN or not wake.active:
+                    touched += self._rescan()
+                    last_scan = now
+                self._dispatch(sorted(set(touched)))
+                if now - last_text >= TEXTFILE_EVERY:
+                    self._textfile()
+                    last_text = now
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: wait, never die
+                log.error(
+                    "deliverer loop failed; retrying",
+                    error=repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+                time.sleep(1.0)
+                continue
+            empty = self.ledger.empty()
+            if empty and not was_empty:
+                self.wake_all.clear() if not self.drain else None
+                self.ledger.compact_progress()
+            was_empty = empty
+            if not empty:
+                idle_since = time.monotonic()
+            if self.drain and not any(t.is_alive() for t in self.threads.values()):
+                return
+            if not self.drain and time.monotonic() - idle_since >= self.settings.delivery.linger:
+                return
 
 
 def acquire(state_dir: str, timeout: float = 0.0) -> int | None:
@@ -329,12 +286,12 @@ def release(fd: int) -> None:
     os.close(fd)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, config: str | None = None) -> None:
     """The background deliverer's main loop, including the hand-over at exit.
 
-    A handler spools first and checks the lock second; the deliverer releases the lock first
-    and checks the spool second. Whatever the interleaving, one of them sees the other's
-    work, so no entry waits for the next event.
+    A handler spools first and wakes or checks the lock second; the deliverer closes its
+    wake socket and releases the lock first and checks the spool second. Whatever the
+    interleaving, one of them sees the other's work, so no entry waits for the next event.
     """
     state_dir = settings.state_path
     while True:
@@ -344,21 +301,26 @@ def serve(settings: Settings) -> None:
             return
         try:
             # For operators and tests: the deliverer is detached from the agent (setsid).
-            write_atomic(
-                os.path.join(spool_dir(state_dir), "deliver.pid"),
-                b"%d\n" % os.getpid(),
-                durable=False,
-            )
+            try:
+                write_atomic(
+                    os.path.join(spool_dir(state_dir), "deliver.pid"),
+                    b"%d\n" % os.getpid(),
+                    durable=False,
+                )
+            except OSError as exc:  # a full disk: deliver anyway, it frees space as it goes
+                log.warning("cannot write deliver.pid", error=str(exc))
             log.info("deliverer started", state_dir=state_dir)
-            Deliverer(settings).run()
+            deliverer = Deliverer(settings, config=config)
+            deliverer.run()
+            settings = deliverer.settings
         finally:
             release(fd)
-        if not Deliverer(settings).pending():
+        if not count_pending(settings):
             log.info("deliverer idle, exiting")
             return
 
 
-def flush(settings: Settings, timeout: float) -> int:
+def flush(settings: Settings, timeout: float, config: str | None = None) -> int:
     """Deliver everything pending now; returns how many entries are still queued."""
     state_dir = settings.state_path
     deadline = time.monotonic() + timeout
@@ -366,8 +328,7 @@ def flush(settings: Settings, timeout: float) -> int:
     if fd is None:
         # A deliverer is running: ask it to retry now and wait for the spool to drain.
         write_atomic(os.path.join(spool_dir(state_dir), WAKE_FILE), b"", durable=False)
-        probe = Deliverer(settings)
-        while probe.pending() and time.monotonic() < deadline:
+        while count_pending(settings) and time.monotonic() < deadline:
             time.sleep(0.1)
             fd = acquire(state_dir)
             if fd is not None:
@@ -375,17 +336,21 @@ def flush(settings: Settings, timeout: float) -> int:
         if fd is None:
             return count_pending(settings)
     try:
-        Deliverer(settings, drain=True).run()
+        Deliverer(settings, drain=True, config=config).run()
     finally:
         release(fd)
     return count_pending(settings)
 
 
 def count_pending(settings: Settings) -> int:
+    """Files waiting in ``incoming/`` and ``queue/<sink>/``."""
     state_dir = settings.state_path
-    total = len(_json_files(spool_dir(state_dir, "incoming")))
+    total = len(stats.json_names(spool_dir(state_dir, "incoming")))
     queue_root = spool_dir(state_dir, "queue")
     if os.path.isdir(queue_root):
         for sink in os.listdir(queue_root):
-            total += len(_json_files(os.path.join(queue_root, sink)))
+            total += len(stats.json_names(os.path.join(queue_root, sink)))
     return total
+
+
+__all__ = ["Deliverer", "canonical", "count_pending", "flush", "serve"]

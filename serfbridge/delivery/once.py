@@ -80,7 +80,7 @@ class Membership:
         try:
             with SerfRPC(self.addr, self.auth, timeout=self.timeout) as rpc:
                 return [m.name for m in rpc.members() if m.status == "alive"]
-        except (SerfRPCError, OSError) as exc:
+        except (SerfRPCError, OSError, ValueError) as exc:
             log.warning(
                 "once: agent not reachable, forwarding anyway", addr=self.addr, error=str(exc)
             )

@@ -88,6 +88,7 @@ class Relay:
         self.metrics.gauge("serfbridge_relay_source_up", self._sources_up)
         build = tuple(sorted(buildinfo.labels().items()))
         self.metrics.gauge("serfbridge_build_info", lambda: {build: 1.0})
+        self.metrics.extra.append(self._delivery_metrics)
 
     def _spool_depth(self) -> float:
         from serfbridge.delivery.deliverer import count_pending
@@ -96,6 +97,19 @@ class Relay:
             return float(count_pending(self.settings))
         except OSError:
             return float("nan")
+
+    def _delivery_metrics(self) -> str:
+        """The deliverer's per-sink numbers for the state dir this relay shares with it."""
+        from serfbridge.capture.spool import deliverer_running
+        from serfbridge.delivery import stats
+
+        state = self.settings.state_path
+        try:
+            snap = stats.snapshot(state, [s.name for s in self.settings.effective_sinks()])
+            return stats.render(snap, stats.load_counters(state), deliverer_running(state))
+        except OSError as exc:
+            log.warning("cannot read delivery metrics", error=str(exc))
+            return ""
 
     def _sources_up(self) -> dict[Labels, float]:
         started = {id(part) for part in list(self._started)}

@@ -67,6 +67,8 @@ class Metrics:
         # (name, labels) -> bucket counts..., sum, count
         self._hist: dict[tuple[str, Labels], list[float]] = {}
         self._gauges: dict[str, Callable[[], Reading]] = {}
+        # Whole blocks of text from elsewhere (the delivery metrics of the shared state dir).
+        self.extra: list[Callable[[], str]] = []
 
     def gauge(self, name: str, read: Callable[[], Reading]) -> None:
         """Read ``read()`` at every scrape for the gauge ``name`` (one of METRICS)."""
@@ -109,7 +111,8 @@ class Metrics:
                 series = reading if isinstance(reading, dict) else {(): reading}
                 for labels, value in sorted(series.items()):
                     lines.append(f"{name}{_labels(labels)} {value:g}")
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        return text + "".join(block() for block in self.extra)
 
 
 def _histogram(name: str, hists: dict[Labels, list[float]]) -> list[str]:

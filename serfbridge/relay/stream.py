@@ -2,13 +2,9 @@
 
 Instead of one handler process per event, one subscription: each record becomes the same
 version 1 event document the handler builds (same ids, so receivers dedupe across both), is
-routed exactly as the handler routes it (file sinks inline, the rest spooled for the shared
-deliverer with its retry and dead letter), and queries with a ``[[responders]]`` entry are
-answered with ``respond`` on the stream's connection.
-
-Records that arrived while the previous ones were being written are routed together
-(``handler.route_many``): one group commit to the spool for up to ``GROUP_MAX`` events, not
-two fsyncs each, which held stream mode near 150 events/s against an agent taking 3,000.
+routed exactly as the handler routes it (``handler.route``: file sinks inline, the rest
+spooled for the shared deliverer with its retry and dead letter), and queries with a
+``[[responders]]`` entry are answered with ``respond`` on the stream's connection.
 
 What it gives up (docs/relay.md): events while the relay is down are not seen, and Serf drops
 stream records past 512 buffered (``Dropping event`` in the agent's log).
@@ -21,23 +17,18 @@ import time
 from typing import Any
 
 from serfbridge import log
+from serfbridge.capture import cache, jsonenc, relay_ids, respond, route
 from serfbridge.capture import event as parse
-from serfbridge.capture import jsonenc, relay_ids, respond, route
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
 from serfbridge.delivery.backoff import Backoff
-from serfbridge.errors import SerfError
+from serfbridge.errors import ConfigError, SerfError
 from serfbridge.serf.rpc import DEFAULT_ADDR, SerfRPC
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge._types import Compiled, EventDoc, Member, Node
     from serfbridge.relay.host import RelayHost
-    from serfbridge.serf.wire import Stream, StreamRecord
-
-#: The most records routed with one group commit: what the agent buffered while the last
-#: group was being written (Serf itself drops a stream's records past 512 buffered).
-GROUP_MAX = 256
 
 
 def _node(stats: dict[str, dict[str, str]], tags: dict[str, str]) -> Node:
@@ -80,6 +71,7 @@ class StreamFeeder:
         self.relay = relay
         settings = relay.settings
         self.cfg: Compiled = compile_settings(settings, relay.config_path)
+        self._fingerprint = self._current_fingerprint()
         serf = settings.serf
         self.addr = serf.rpc_addr or DEFAULT_ADDR
         self.auth = serf.rpc_auth.get_secret_value() if serf.rpc_auth else None
@@ -126,8 +118,10 @@ class StreamFeeder:
             for record in stream:
                 if self._stop.is_set():
                     return
-                group = [record, *_waiting(stream, GROUP_MAX - 1)]
-                node = self._feed_group(client, group, node)
+                if record.get("Event") == "member-update":
+                    # Our own tags may have changed: SERF_TAG_* would show the new ones.
+                    node = self._refresh(client, node)
+                self._feed(client, record, node)
 
     def _refresh(self, client: SerfRPC, node: Node) -> Node:
         for member in client.members():
@@ -135,55 +129,50 @@ class StreamFeeder:
                 return {**node, "role": member.tags.get("role", ""), "tags": member.tags}
         return node
 
-    def _feed_group(self, client: SerfRPC, group: list[StreamRecord], node: Node) -> Node:
-        """Route a group of records with one group commit to the spool, then answer the
-        queries among them; returns the node as the last member-update left it."""
-        metrics = self.relay.metrics
-        items: list[tuple[EventDoc, str, str | None]] = []
-        queries: list[tuple[int, int, EventDoc, str]] = []
-        for record in group:
-            if record.get("Event") == "member-update":
-                # Our own tags may have changed: SERF_TAG_* would show the new ones.
-                node = self._refresh(client, node)
-            found = event_doc(record, node, time.time())
-            if found is None:
-                continue
-            doc, relay_id = found
-            metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
-            event_json = jsonenc.dumps(doc)
-            if doc["event"] == "query":
-                queries.append((len(items), int(record.get("ID") or 0), doc, event_json))
-            items.append((doc, event_json, relay_id))
-        statuses = handler.route_many(self.cfg, items, self.relay.config_path) if items else []
-        for status in statuses:
-            if status is None:
-                metrics.inc("serfbridge_relay_stream_repeats_total")
-        for k, query_id, doc, event_json in queries:
-            if statuses[k] is not None:
-                self._answer(client, query_id, doc, event_json)
-        return node
+    def _current_fingerprint(self) -> str | None:
+        if self.relay.config_path is None:
+            return None
+        try:
+            return cache.fingerprint(self.relay.config_path)
+        except ConfigError:
+            return None
 
-    def _answer(self, client: SerfRPC, query_id: int, doc: EventDoc, event_json: str) -> None:
+    def _follow_config(self) -> None:
+        """Route with the config the handler would use now: an edit (a sink added, a URL
+        changed) applies from the next record on, as it does for handlers."""
+        current = self._current_fingerprint()
+        if current == self._fingerprint or self.relay.config_path is None:
+            return
+        self._fingerprint = current
+        try:
+            self.cfg = cache.compile_now(self.relay.config_path)
+        except ConfigError as exc:
+            log.error(
+                "config changed but is invalid; stream keeps the previous one", error=str(exc)
+            )
+            return
+        log.info("config changed; stream routing reloaded")
+
+    def _feed(self, client: SerfRPC, record: dict[str, Any], node: Node) -> None:
+        found = event_doc(record, node, time.time())
+        if found is None:
+            return
+        self._follow_config()
+        doc, relay_id = found
+        metrics = self.relay.metrics
+        metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
+        event_json = jsonenc.dumps(doc)
+        if handler.route_once(self.cfg, doc, event_json, self.relay.config_path, relay_id) is None:
+            metrics.inc("serfbridge_relay_stream_repeats_total")
+            return
+        if doc["event"] != "query":
+            return
         responder = route.responder_for(self.cfg, doc)
         if responder is None:
             return
         limit = self.cfg["query_response_size_limit"]
         answer = respond.answer(responder, doc, event_json, limit)
         try:
-            client.respond(query_id, answer)
+            client.respond(int(record.get("ID") or 0), answer)
         except SerfError as exc:
             log.warning("query response not sent", query=doc["name"], error=str(exc))
-
-
-def _waiting(stream: Stream, limit: int) -> list[StreamRecord]:
-    """Up to ``limit`` records already received, without waiting for more."""
-    out: list[StreamRecord] = []
-    try:
-        while len(out) < limit:
-            record = stream.get(0)
-            if record is None:
-                break
-            out.append(record)
-    except SerfError:
-        pass  # the stream ended: the records taken are still fed; the next read raises
-    return out

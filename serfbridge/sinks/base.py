@@ -43,6 +43,13 @@ When = Annotated[
 ]
 
 
+def _events_text(value: object) -> object:
+    """``events = ["user", "member-failed"]`` means the same as ``"user,member-failed"``."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
 class SinkConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,7 +57,10 @@ class SinkConfigBase(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Unique sink name; also its spool directory name.",
     )
-    events: str = Field(default="*", description="Serf event filter, e.g. member-join,user:deploy")
+    events: Annotated[str, BeforeValidator(_events_text)] = Field(
+        default="*",
+        description='Serf event filter: "member-join,user:deploy" or a list of such names.',
+    )
     once: bool = Field(
         default=False, description="Forward each event from exactly one node of the cluster."
     )

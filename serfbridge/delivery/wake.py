@@ -1,0 +1,72 @@
+"""The deliverer's end of the wake-up: a Unix datagram socket the handler sends entry names to.
+
+``serfbridge.capture.spool.wake`` sends one datagram per captured event, so a running
+deliverer starts on an event the moment it is durable, with no polling delay. The socket is
+a hint, never the record: the deliverer still lists ``incoming/`` every ``RESCAN`` seconds
+(or every ``poll_interval`` where there is no socket, i.e. on Windows), so a lost datagram
+only delays an event, it never loses it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from serfbridge.capture.spool import wake_address
+
+RESCAN = 1.0
+
+
+class WakeSocket:
+    def __init__(self, state_dir: str) -> None:
+        self.addr = wake_address(state_dir)
+        self.sock: socket.socket | None = None
+        if self.addr is None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            if isinstance(self.addr, str):
+                try:
+                    os.unlink(self.addr)  # a socket file left by a killed deliverer
+                except FileNotFoundError:
+                    pass
+            sock.bind(self.addr)
+        except OSError:
+            # Another process holds the name (a deliverer of this state dir that is exiting):
+            # this one polls until it can bind.
+            sock.close()
+            return
+        self.sock = sock
+
+    @property
+    def active(self) -> bool:
+        return self.sock is not None
+
+    def wait(self, timeout: float) -> list[str] | None:
+        """Entry names received within ``timeout`` seconds; None when the wait timed out."""
+        if self.sock is None:
+            return None
+        self.sock.settimeout(max(timeout, 0.0))
+        try:
+            first = self.sock.recv(512)
+        except TimeoutError:
+            return None
+        except OSError:
+            return []
+        names = [first.decode("ascii", "replace")]
+        self.sock.setblocking(False)
+        while True:
+            try:
+                names.append(self.sock.recv(512).decode("ascii", "replace"))
+            except (BlockingIOError, OSError):
+                return names
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            if isinstance(self.addr, str):
+                try:
+                    os.unlink(self.addr)
+                except OSError:
+                    pass
