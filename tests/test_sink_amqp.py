@@ -23,7 +23,8 @@ from support.rabbitmq import ADMIN, LIMITED, WRITER
 from test_sink_redis import member_event, user_event
 
 from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.sinks.amqp import AmqpSink, AmqpSinkConfig, display
+from serfbridge.sinks.amqp import AmqpSink, AmqpSinkConfig
+from serfbridge.sinks.base import url_for_logs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -319,8 +320,11 @@ def test_config_errors(url: str, overrides: dict[str, Any], message: str) -> Non
 
 
 def test_display_hides_credentials() -> None:
-    assert display("amqps://u:secret@mq.example:5671/prod") == "amqps://mq.example:5671/prod"
-    assert display("amqp://mq") == "amqp://mq/"
+    """Errors and logs name the broker without user, password or query."""
+    shown = url_for_logs("amqps://u:secret@mq.example:5671/prod?heartbeat=5", empty_path="/")
+    assert shown == "amqps://mq.example:5671/prod"
+    assert url_for_logs("amqp://mq", empty_path="/") == "amqp://mq/"
+    assert url_for_logs("redis://:pw@cache:6380") == "redis://cache:6380"
 
 
 @settings(database=None)  # no .hypothesis directory in the checkout
@@ -332,7 +336,7 @@ def test_any_url_is_accepted_or_refused_cleanly(url: str) -> None:
     except ValidationError:
         return
     assert config.url.startswith("amqp://")
-    display(config.url)
+    url_for_logs(config.url)
 
 
 def test_module_import_does_not_load_pika() -> None:

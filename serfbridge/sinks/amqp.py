@@ -32,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from serfbridge.capture import render
 from serfbridge.errors import SinkRejected, SinkUnavailable
-from serfbridge.sinks.base import Sink, SinkConfigBase
+from serfbridge.sinks.base import Sink, SinkConfigBase, url_for_logs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,17 +94,6 @@ class AmqpSinkConfig(SinkConfigBase):
         if self.ca_certs is not None and not self.url.startswith("amqps://"):
             raise ValueError("ca_certs needs an amqps:// url (TLS)")
         return self
-
-
-def display(url: str) -> str:
-    """The URL without credentials, for errors and logs."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path or '/'}"
 
 
 def parameters(url: str, timeout: float, ca_certs: str | None = None) -> pika.URLParameters:
@@ -189,7 +178,7 @@ class AmqpSink(Sink):
 
     def __init__(self, config: AmqpSinkConfig) -> None:
         super().__init__(config)
-        self.where = f"AMQP broker {display(config.url)}"
+        self.where = f"AMQP broker {url_for_logs(config.url, empty_path='/')}"
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -273,13 +262,6 @@ class AmqpSink(Sink):
 
     def _mapped(self, what: str) -> _Mapped:
         return _Mapped(self, what)
-
-    def check(self) -> None:
-        """Connect, open a confirm channel, check the exchange; then disconnect."""
-        try:
-            self.open()
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Disconnect; never raises, never waits more than a second."""

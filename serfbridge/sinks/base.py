@@ -73,6 +73,18 @@ class SinkConfigBase(BaseModel):
         return value
 
 
+def url_for_logs(url: str, *, empty_path: str = "") -> str:
+    """``url`` without credentials or query, for errors and logs (``empty_path``: what to
+    show for no path, e.g. AMQP's default vhost ``/``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path or empty_path}"
+
+
 class Sink:
     """Base class; subclasses override ``open``, ``send`` and ``close``, and ``send_batch``
     with ``max_batch`` when the protocol lets them have many events in flight."""
@@ -122,9 +134,13 @@ class Sink:
         raise NotImplementedError
 
     def check(self) -> None:
-        """Prove the sink is reachable (``serfbridge check --connect``)."""
-        self.open()
-        self.close()
+        """Prove the sink is reachable (``serfbridge check --connect``): ``open`` (which
+        connects, logs in and checks what the sink needs), then ``close``, also when
+        ``open`` failed half-way."""
+        try:
+            self.open()
+        finally:
+            self.close()
 
     def __enter__(self) -> Self:
         self.open()

@@ -187,13 +187,6 @@ class NatsSink(Sink):
             return SinkUnavailable(f"{where}: no answer within {self.config.timeout:g}s")
         return SinkUnavailable(f"{where}: {_describe(exc)}")
 
-    def check(self) -> None:
-        """Connect (``open``), then disconnect."""
-        try:
-            self.open()
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Disconnect and stop the loop thread; never raises."""
         loop, client, self._loop, self._client, self._js = (

@@ -41,7 +41,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from serfbridge.capture import render
 from serfbridge.errors import SinkError, SinkRejected, SinkUnavailable
-from serfbridge.sinks.base import Item, Sink, SinkConfigBase, until_unavailable
+from serfbridge.sinks.base import Item, Sink, SinkConfigBase, until_unavailable, url_for_logs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,17 +109,6 @@ class RedisSinkConfig(SinkConfigBase):
         return self
 
 
-def _display(url: str) -> str:
-    """The URL without credentials or query, for error messages and logs."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 def _reply_code(exc: Exception) -> str:
     """The error reply's code (``WRONGTYPE``, ``OOM``...), or "" when there is none."""
     from redis import exceptions as rx
@@ -157,7 +146,7 @@ class RedisSink(Sink):
 
     def __init__(self, config: RedisSinkConfig) -> None:
         super().__init__(config)
-        self.where = _display(config.url)
+        self.where = url_for_logs(config.url)
         self._client: Redis | None = None
 
     def open(self) -> None:
@@ -266,13 +255,6 @@ class RedisSink(Sink):
                 for key, reply in zip(keys, replies, strict=True)
             ]
         )
-
-    def check(self) -> None:
-        """PING the server (``open`` does), then disconnect."""
-        try:
-            self.open()
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Disconnect; never raises."""
