@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from serfbridge import log
 from serfbridge.capture import relay_ids
+from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected
 from serfbridge.relay import messages
 from serfbridge.relay.auth import Authenticator, Credentials
@@ -121,6 +122,23 @@ class Gate:
             # Only the HTTP source has a choice of signature headers.
             scheme=getattr(config, "signature", "serfbridge"),
         )
+
+    def handle_patiently(
+        self, body: bytes, creds: Credentials, stop: threading.Event
+    ) -> tuple[messages.Message, dict[str, Any] | None] | None:
+        """``handle``, retried in place on the one backoff schedule while the refusal is one
+        that waiting can change (``RETRYABLE``: Serf unavailable, rate limit spent). None
+        when ``stop`` is set while waiting (the caller leaves the message unacknowledged, so
+        the broker redelivers it); any other refusal, or one at shutdown, raises Rejected."""
+        retry = Backoff(0.2, 10.0)
+        while True:
+            try:
+                return self.handle(body, creds)
+            except Rejected as exc:
+                if exc.reason not in RETRYABLE or stop.is_set():
+                    raise
+                if stop.wait(retry.failed()):
+                    return None
 
     def handle(
         self,

@@ -24,10 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serfbridge import log
-from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
-from serfbridge.relay.sources.base import RETRYABLE, Source
+from serfbridge.relay.sources.base import Source
 from serfbridge.sinks.mqtt import split_url
 
 AUTH_REASONS = frozenset({"unauthorized", "bad_signature", "stale", "replayed"})
@@ -131,23 +130,18 @@ class MqttSource(Source):
             log.error("mqtt message failed", source=self.name, topic=msg.topic, error=repr(exc))
 
     def _handle_one(self, msg: Any) -> None:
-        retry = Backoff(0.2, 10.0)
-        while True:
-            try:
-                parsed, reply = self.gate.handle(msg.payload, self._creds(msg))
-                break
-            except Rejected as exc:
-                if exc.reason in RETRYABLE and not self._stop.is_set():
-                    self._stop.wait(retry.failed())
-                    if self._stop.is_set():
-                        return  # not acked: the broker redelivers
-                    continue
-                self._dead_letter(msg, exc)
-                error = {"error": str(exc), "reason": exc.reason}
-                trusted = exc.reason not in AUTH_REASONS
-                self._reply(msg, _body_reply_to(msg.payload) if trusted else None, error)
-                self._ack(msg)
-                return
+        try:
+            handled = self.gate.handle_patiently(msg.payload, self._creds(msg), self._stop)
+        except Rejected as exc:
+            self._dead_letter(msg, exc)
+            error = {"error": str(exc), "reason": exc.reason}
+            trusted = exc.reason not in AUTH_REASONS
+            self._reply(msg, _body_reply_to(msg.payload) if trusted else None, error)
+            self._ack(msg)
+            return
+        if handled is None:
+            return  # stopping: not acked, the broker redelivers
+        parsed, reply = handled
         self._reply(msg, parsed.reply_to, reply if reply is not None else {"accepted": True})
         self._ack(msg)
 

@@ -224,23 +224,24 @@ class NatsSource(Source):
             log.error("nats message failed", source=self.name, subject=msg.subject, error=repr(exc))
 
     def _core_handle(self, msg: Msg) -> None:
-        retry = Backoff(0.2, 10.0)
-        while True:
-            try:
-                parsed, reply = self.gate.handle(msg.data, _creds(msg))
-                break
-            except Rejected as exc:
-                if exc.reason in RETRYABLE and not self._stop.is_set():
-                    self._stop.wait(retry.failed())
-                    continue
-                self._dead_letter(msg, exc)
-                if msg.reply:
-                    self._publish(msg.reply, json.dumps({"error": str(exc), "reason": exc.reason}))
-                return
+        try:
+            handled = self.gate.handle_patiently(msg.data, _creds(msg), self._stop)
+        except Rejected as exc:
+            self._refuse(msg, exc)
+            return
+        if handled is None:  # core NATS cannot redeliver: say so rather than drop it
+            self._refuse(msg, Rejected("serf_unavailable", "the relay is stopping"))
+            return
+        parsed, reply = handled
         target = msg.reply or parsed.reply_to
         if target:
             answer = reply if reply is not None else {"accepted": True}
             self._publish(target, json.dumps(answer).encode())
+
+    def _refuse(self, msg: Msg, exc: Rejected) -> None:
+        self._dead_letter(msg, exc)
+        if msg.reply:
+            self._publish(msg.reply, json.dumps({"error": str(exc), "reason": exc.reason}))
 
     # -- shared ------------------------------------------------------------------------------
 
