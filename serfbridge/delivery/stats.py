@@ -20,15 +20,31 @@ from serfbridge.delivery import entries
 
 COUNTERS_FILE = "counters.json"
 TEXTFILE = "serfbridge.prom"
-COUNTER_HELP = {
-    "delivered": "Events delivered, by sink.",
-    "failed": "Failed delivery attempts, by sink.",
-    "dead": "Events moved to dead letters, by sink.",
-}
 COUNTER_NAMES = {
     "delivered": "serfbridge_delivery_delivered_total",
     "failed": "serfbridge_delivery_failed_attempts_total",
     "dead": "serfbridge_delivery_dead_lettered_total",
+}
+# Per-sink gauges: metric name -> the key of status's per-sink numbers it shows.
+SINK_GAUGES = {
+    "serfbridge_delivery_queue_depth": "queued",
+    "serfbridge_delivery_oldest_age_seconds": "oldest_age",
+    "serfbridge_delivery_dead_letters": "dead",
+}
+#: Every delivery metric, name -> (type, help): the one list of them, as relay/metrics.py's
+#: METRICS is for the relay's own (the dashboard check reads both).
+METRICS: dict[str, tuple[str, str]] = {
+    "serfbridge_delivery_delivered_total": ("counter", "Events delivered, by sink."),
+    "serfbridge_delivery_failed_attempts_total": ("counter", "Failed delivery attempts, by sink."),
+    "serfbridge_delivery_dead_lettered_total": (
+        "counter",
+        "Events moved to dead letters, by sink.",
+    ),
+    "serfbridge_delivery_queue_depth": ("gauge", "Events waiting for the sink."),
+    "serfbridge_delivery_oldest_age_seconds": ("gauge", "Age of the oldest waiting event."),
+    "serfbridge_delivery_dead_letters": ("gauge", "Events in the sink's dead letters now."),
+    "serfbridge_delivery_rejected_entries": ("gauge", "Entries in spool/rejected/."),
+    "serfbridge_deliverer_running": ("gauge", "1 while a deliverer runs for this state dir."),
 }
 
 
@@ -150,31 +166,24 @@ def render(snap: dict[str, Any], counters: dict[str, dict[str, float]], running:
     """Prometheus text format 0.0.4."""
     lines: list[str] = []
     sinks = sorted(set(snap["sinks"]) | {s for c in counters.values() for s in c})
+
+    def head(metric: str) -> list[str]:
+        kind, help_text = METRICS[metric]
+        return [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+
     for kind, metric in COUNTER_NAMES.items():
-        lines += [f"# HELP {metric} {COUNTER_HELP[kind]}", f"# TYPE {metric} counter"]
         series = counters.get(kind, {})
+        lines += head(metric)
         lines += [f'{metric}{{sink="{_escape(s)}"}} {series.get(s, 0.0):g}' for s in sinks]
-    gauges = {
-        "serfbridge_delivery_queue_depth": ("Events waiting for the sink.", "queued"),
-        "serfbridge_delivery_oldest_age_seconds": (
-            "Age of the oldest waiting event.",
-            "oldest_age",
-        ),
-        "serfbridge_delivery_dead_letters": ("Events in the sink's dead letters now.", "dead"),
-    }
-    for metric, (help_text, key) in gauges.items():
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+    for metric, key in SINK_GAUGES.items():
+        lines += head(metric)
         for s in sinks:
             value = snap["sinks"].get(s, {}).get(key, 0)
             lines.append(f'{metric}{{sink="{_escape(s)}"}} {float(value):g}')
-    lines += [
-        "# HELP serfbridge_delivery_rejected_entries Entries in spool/rejected/.",
-        "# TYPE serfbridge_delivery_rejected_entries gauge",
-        f"serfbridge_delivery_rejected_entries {snap['rejected']:g}",
-        "# HELP serfbridge_deliverer_running 1 while a deliverer runs for this state dir.",
-        "# TYPE serfbridge_deliverer_running gauge",
-        f"serfbridge_deliverer_running {1 if running else 0}",
-    ]
+    lines += head("serfbridge_delivery_rejected_entries")
+    lines.append(f"serfbridge_delivery_rejected_entries {snap['rejected']:g}")
+    lines += head("serfbridge_deliverer_running")
+    lines.append(f"serfbridge_deliverer_running {1 if running else 0}")
     return "\n".join(lines) + "\n"
 
 
