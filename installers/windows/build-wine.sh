@@ -15,6 +15,7 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(source_date_epoch)}"
 T0=$SECONDS; wine_prefix; T_PREFIX=$((SECONDS - T0))
 
 # Windows wheels and a Windows Python with them installed, keyed by the pins.
+SDIST_ONLY="nkeys"
 REQS="$(runtime_requirements)"
 PY_KEY="$(printf '%s\n%s\n' "$WINPYTHON_PKG" "$REQS" | cat - "$SERFBRIDGE_ROOT/installers/constraints.txt" | sha256sum | cut -c1-16)"
 PYDIR="$BUILD_CACHE/win-python-$PY_KEY"
@@ -26,10 +27,16 @@ if [ ! -e "$PYDIR/.complete" ]; then
         say "downloading Windows wheels"
         rm -rf "$WHEELS"; mkdir -p "$WHEELS"
         printf '%s\n' "$REQS" > "$WHEELS/requirements.txt"
+        # Pure-Python dependencies that PyPI has as source only (nkeys, for the NATS sink's
+        # NKey logins): built into py3-none-any wheels here, which any platform installs,
+        # so the download below can stay binary-only for everything else.
+        python3 -m pip wheel -q --disable-pip-version-check --no-deps \
+            -c "$SERFBRIDGE_ROOT/installers/constraints.txt" -w "$WHEELS" $SDIST_ONLY
         # pefile and pywin32-ctypes by name: pip evaluates PyInstaller's win32-only markers on
         # Linux and would skip them.
         python3 -m pip download -q --disable-pip-version-check --platform win_amd64 \
             --only-binary=:all: --python-version 3.11 --implementation cp \
+            --find-links "$WHEELS" \
             -c "$SERFBRIDGE_ROOT/installers/constraints.txt" -d "$WHEELS" \
             pyinstaller pyinstaller-hooks-contrib pefile pywin32-ctypes \
             -r "$WHEELS/requirements.txt"
