@@ -47,8 +47,8 @@ def test_event_is_spooled_and_delivered_in_the_background(
     http_receiver.wait_for_count(1, timeout=15)
     doc = http_receiver.requests[0].json()
     assert (doc["event"], doc["name"], doc["payload"]) == ("user", "deploy", "v1")
-    wait_for(lambda: not spool_files(node, "queue", "hook"), timeout=10, what="queue to drain")
-    assert spool_files(node, "incoming") == []
+    # One sink: the entry leaves incoming/ once the webhook has it.
+    wait_for(lambda: not spool_files(node, "incoming"), timeout=10, what="the spool to drain")
 
 
 def test_handler_returns_within_deadline_when_the_sink_never_answers(

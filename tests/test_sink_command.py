@@ -219,7 +219,7 @@ def test_failures_are_retried_until_success_in_order(
     for ltime in range(1, 4):
         fire_user(serfbridge_cmd, node, "deploy", ltime, b"v%d" % ltime)
     wait_for(lambda: len(records(out)) >= 5, timeout=30, what="5 runs", detail=node.log_tail)
-    wait_for(lambda: not spool_files(node, "queue", "cmd"), timeout=10, what="queue to drain")
+    wait_for(lambda: not spool_files(node, "incoming"), timeout=10, what="the spool to drain")
     runs = records(out)
     assert [r["attempt"] for r in runs] == [1, 2, 3, 4, 5]
     assert [json.loads(r["stdin"])["ltime"] for r in runs] == [1, 1, 1, 2, 3]
