@@ -60,6 +60,17 @@ class SourceConfigBase(_Section):
         return self
 
 
+class DeadLetterData(BaseModel):
+    """What a broker source keeps of a refused message in its dead letter (one cap for all)."""
+
+    dead_max_data: int = Field(
+        default=4096,
+        ge=0,
+        description="Bytes of a refused message's data kept in its dead letter "
+        "(data_bytes records its full length).",
+    )
+
+
 class HttpSourceConfig(SourceConfigBase):
     type: Literal["http"]
     listen: str = Field(default="127.0.0.1:8787", description="host:port or [ipv6]:port.")
@@ -99,7 +110,7 @@ class HttpSourceConfig(SourceConfigBase):
         return self
 
 
-class RedisSourceConfig(SourceConfigBase):
+class RedisSourceConfig(SourceConfigBase, DeadLetterData):
     type: Literal["redis"]
     url: str = Field(description="redis://[user:pass@]host:port/db or rediss://...")
     stream: str = Field(min_length=1, description="The stream key to read.")
@@ -116,15 +127,12 @@ class RedisSourceConfig(SourceConfigBase):
     dead_maxlen: int = Field(
         default=10_000, ge=1, description="Dead-letter stream length (MAXLEN ~)."
     )
-    dead_max_data: int = Field(
-        default=4096, ge=0, description="Bytes of a refused entry's data kept in its dead letter."
-    )
     username: str | None = None
     password: SecretStr | None = None
     timeout: float = Field(default=5.0, gt=0, le=300)
 
 
-class MqttSourceConfig(SourceConfigBase):
+class MqttSourceConfig(SourceConfigBase, DeadLetterData):
     type: Literal["mqtt"]
     url: str = Field(description="mqtt://host:port or mqtts://host:port")
     topic: str = Field(min_length=1, description="Subscription; $share/<group>/<topic> allowed.")
@@ -160,7 +168,7 @@ class LocalSourceConfig(SourceConfigBase):
         return self
 
 
-class NatsSourceConfig(SourceConfigBase, NatsConnection):
+class NatsSourceConfig(SourceConfigBase, NatsConnection, DeadLetterData):
     type: Literal["nats"]
     token: SecretStr | None = Field(
         default=None,
@@ -186,7 +194,7 @@ class NatsSourceConfig(SourceConfigBase, NatsConnection):
     )
 
 
-class AmqpSourceConfig(SourceConfigBase):
+class AmqpSourceConfig(SourceConfigBase, DeadLetterData):
     type: Literal["amqp"]
     url: str = Field(description="amqp://user:pass@host:5672/vhost or amqps://...")
     queue: str = Field(min_length=1, max_length=255, description="The queue to consume.")

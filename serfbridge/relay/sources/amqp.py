@@ -36,7 +36,7 @@ from serfbridge import log
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
-from serfbridge.relay.sources.base import RETRYABLE, Source
+from serfbridge.relay.sources.base import RETRYABLE, Source, dead_letter_json
 from serfbridge.sinks.amqp import describe as _text
 
 TYPE_CHECKING = False
@@ -192,8 +192,8 @@ class AmqpSource(Source):
         queue = self.config.dead_letter
         if not queue:
             return "reject", None
-        doc = {"reason": exc.reason, "error": str(exc), "data": body.decode("utf-8", "replace")}
-        return "ack", (queue, json.dumps(doc).encode(), _reply_props(None, persistent=True))
+        doc = dead_letter_json(exc, body, self.config.dead_max_data)
+        return "ack", (queue, doc, _reply_props(None, persistent=True))
 
 
 def _reply_props(correlation_id: str | None, *, persistent: bool = False) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +44,28 @@ HTTP_STATUS = {
 #: Reasons worth trying again later: the message itself is fine. (``internal`` is not: one
 #: entry that trips a bug must not block a stream; it is dead-lettered with its reason.)
 RETRYABLE = frozenset({"serf_unavailable", "rate_limited"})
+
+
+def dead_letter_doc(exc: Rejected, data: bytes, max_data: int, **where: Any) -> dict[str, Any]:
+    """The dead letter of a message refused for good, the same on every source: where it
+    came from (``where``: the source's own key, e.g. ``topic``), ``reason``, ``error``, the
+    first ``max_data`` bytes of its ``data`` and ``data_bytes``, its full length. Cut, so that
+    a flood of large refused messages cannot fill the broker that keeps them."""
+    return {
+        **where,
+        "reason": exc.reason,
+        "error": str(exc),
+        "data": data[:max_data],
+        "data_bytes": len(data),
+    }
+
+
+def dead_letter_json(exc: Rejected, data: bytes, max_data: int, **where: Any) -> bytes:
+    """``dead_letter_doc`` as the JSON body a broker message carries (``data`` decoded as
+    UTF-8, anything else replaced: a cut may split a character)."""
+    doc = dead_letter_doc(exc, data, max_data, **where)
+    doc["data"] = doc["data"].decode("utf-8", "replace")
+    return json.dumps(doc).encode()
 
 
 class TokenBucket:

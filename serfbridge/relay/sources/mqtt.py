@@ -11,7 +11,7 @@ true}`` for an event, or ``{"error", "reason"}`` for a refusal. It goes to the M
 for a message that failed authentication: a sender without credentials must not pick the
 topics the relay publishes to). Signatures travel as MQTT 5 user properties
 ``X-Serfbridge-Timestamp`` / ``X-Serfbridge-Signature``. Refused messages are logged, counted,
-and published with their reason to ``dead_letter`` when it is set.
+and published with their reason to ``dead_letter`` when it is set (``dead_letter_doc``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from serfbridge import log
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
-from serfbridge.relay.sources.base import Source
+from serfbridge.relay.sources.base import Source, dead_letter_json
 from serfbridge.sinks.mqtt import split_url
 
 AUTH_REASONS = frozenset({"unauthorized", "bad_signature", "stale", "replayed"})
@@ -175,10 +175,5 @@ class MqttSource(Source):
         topic = self.config.dead_letter
         if not topic:
             return
-        doc = {
-            "reason": exc.reason,
-            "error": str(exc),
-            "topic": msg.topic,
-            "data": msg.payload.decode("utf-8", "replace"),
-        }
-        self.client.publish(topic, json.dumps(doc), qos=1)
+        doc = dead_letter_json(exc, msg.payload, self.config.dead_max_data, topic=msg.topic)
+        self.client.publish(topic, doc, qos=1)

@@ -30,7 +30,7 @@ from serfbridge import log
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, Credentials
-from serfbridge.relay.sources.base import RETRYABLE, Gate, Source
+from serfbridge.relay.sources.base import RETRYABLE, Gate, Source, dead_letter_json
 from serfbridge.sinks.natsconn import LoopThread, connect
 
 TYPE_CHECKING = False
@@ -258,13 +258,8 @@ class NatsSource(Source):
         subject = self.config.dead_letter
         if not subject:
             return
-        doc = {
-            "reason": exc.reason,
-            "error": str(exc),
-            "subject": msg.subject,
-            "data": msg.data.decode("utf-8", "replace"),
-        }
-        self._publish(subject, json.dumps(doc))
+        cap = self.config.dead_max_data
+        self._publish(subject, dead_letter_json(exc, msg.data, cap, subject=msg.subject))
 
 
 def _creds(msg: Msg) -> Credentials:

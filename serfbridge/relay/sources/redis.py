@@ -42,7 +42,7 @@ from serfbridge.delivery.backoff import Backoff
 from serfbridge.errors import Rejected, RelayError
 from serfbridge.relay import messages
 from serfbridge.relay.auth import Credentials
-from serfbridge.relay.sources.base import RETRYABLE, Source
+from serfbridge.relay.sources.base import RETRYABLE, Source, dead_letter_doc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -256,13 +256,7 @@ class RedisSource(Source):
         data = fields.get(b"data") or b""
         if msg is not None:  # refused by Serf: the entry's body is no longer at hand
             data = json.dumps({"type": msg.type, "name": msg.name}).encode()
-        return self.dead, {
-            "entry": entry_id,
-            "reason": exc.reason,
-            "error": str(exc),
-            "data": data[: self.config.dead_max_data],
-            "data_bytes": len(data),
-        }
+        return self.dead, dead_letter_doc(exc, data, self.config.dead_max_data, entry=entry_id)
 
     def _submit(self, entry_id: bytes, msg: messages.Message, key: str | None) -> bool:
         """Hand a query to a worker, waiting for a free one; False when stopping."""
