@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
+from support import artifacts
 from support.nats import NatsServer
 from support.proc import SCRUBBED_PREFIXES, MissingBinaryError
 from support.rabbitmq import RabbitMQServer
@@ -56,6 +57,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def dist_dir() -> Path:
     """The artifacts directory ($SERFBRIDGE_DIST, default <checkout>/dist)."""
     return _SERFBRIDGE_DIST
+
+
+@pytest.fixture(scope="session")
+def linux_dist(dist_dir: Path) -> Path:
+    """<dist>/linux with the frozen builds (support.artifacts.LINUX_BUILDS)."""
+    return artifacts.linux_dist(dist_dir)
+
+
+@pytest.fixture(scope="session")
+def linux_deb(dist_dir: Path) -> Path:
+    """The built .deb in <dist>/linux."""
+    return artifacts.linux_deb(dist_dir)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pika
 import pytest
+from support.artifacts import LINUX_BUILDS as BUILDS
 from support.bridge import BridgeNode
 from support.handler import fire_user, serfbridge
 from support.ports import wait_for
@@ -25,26 +26,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.artifact
 
-BUILDS = ["serfbridge/serfbridge", "serfbridge-onefile"]
-
-
-@pytest.fixture(scope="module")
-def linux_dist(dist_dir: Path) -> Path:
-    path = dist_dir / "linux"
-    if not (path / "serfbridge" / "serfbridge").exists():
-        pytest.fail(f"no Linux build in {path}: run installers/linux/build.sh", pytrace=False)
-    return path
-
-
-def _queue(rabbitmq: RabbitMQServer) -> str:
-    name = f"art-{uuid.uuid4().hex[:6]}"
-    conn = rabbitmq.connect()
-    try:
-        rabbitmq.declare_events_queue(conn.channel(), name)
-    finally:
-        conn.close()
-    return name
-
 
 @pytest.mark.parametrize("rel", BUILDS)
 def test_frozen_build_publishes_to_rabbitmq(
@@ -53,7 +34,7 @@ def test_frozen_build_publishes_to_rabbitmq(
     """Each build, run as Serf's handler, spools the event; its deliverer publishes it, and
     `check --connect` reaches the broker."""
     binary = [str(linux_dist / rel)]
-    queue = _queue(rabbitmq)
+    queue = rabbitmq.new_events_queue("art")
     node = BridgeNode(tmp_path, "n1")
     node.write_config(
         f'[[sinks]]\ntype = "amqp"\nname = "rabbit"\nurl = "{rabbitmq.url()}"\n'

@@ -50,25 +50,25 @@ def _run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def deb(dist_dir: Path) -> Path:
-    debs = sorted((dist_dir / "linux").glob("serfbridge_*.deb"))
-    if len(debs) != 1:
-        pytest.fail(f"expected one .deb in {dist_dir}/linux, found {debs}", pytrace=False)
-    return debs[0]
-
-
-@pytest.fixture(scope="module")
-def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(linux_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package installed into an empty root (maintainer scripts chrootless)."""
-    return install(deb, tmp_path_factory.mktemp("deb") / "root")
+    return install(linux_deb, tmp_path_factory.mktemp("deb") / "root")
 
 
-def test_lintian_finds_no_error_of_ours(deb: Path) -> None:
+def test_lintian_finds_no_error_of_ours(linux_deb: Path) -> None:
     """lintian: no error and no warning except the accepted ones; the overrides (tags every
     PyInstaller bundle carries) are all used, so none hides something that went away."""
     lintian = require_binary("lintian", "lintian")
     proc = _run(
-        [lintian, "--no-cfg", "--fail-on", "none", "--display-info", "--show-overrides", str(deb)]
+        [
+            lintian,
+            "--no-cfg",
+            "--fail-on",
+            "none",
+            "--display-info",
+            "--show-overrides",
+            str(linux_deb),
+        ]
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hints = re.findall(r"^([EWIXPO]): serfbridge(?: [a-z]+)?: (\S+)(.*)$", proc.stdout, re.M)

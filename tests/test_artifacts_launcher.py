@@ -77,11 +77,8 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(dist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    debs = sorted((dist_dir / "linux").glob("serfbridge_*.deb"))
-    if len(debs) != 1:
-        pytest.fail(f"expected one .deb in {dist_dir / 'linux'}, found {debs}", pytrace=False)
-    return Installed(install(debs[0], tmp_path_factory.mktemp("deb") / "root"))
+def installed(linux_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    return Installed(install(linux_deb, tmp_path_factory.mktemp("deb") / "root"))
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from support.artifacts import LINUX_BUILDS
 from support.bridge import BridgeNode
 from support.deb import dpkg, empty_root
 from support.handler import fire_user
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.artifact
 def _only(paths: list[Path], what: str) -> Path:
     assert len(paths) == 1, f"expected one {what}, found {[str(p) for p in paths]}"
     return paths[0]
-
-
-@pytest.fixture(scope="module")
-def linux_dist(dist_dir: Path) -> Path:
-    path = dist_dir / "linux"
-    if not (path / "serfbridge" / "serfbridge").exists():
-        pytest.fail(f"no Linux build in {path}: run installers/linux/build.sh", pytrace=False)
-    return path
 
 
 def _version(argv: list[str]) -> str:
@@ -58,7 +51,7 @@ def test_frozen_version_names_build(linux_dist: Path, mode: str, rel: str) -> No
     ), out
 
 
-@pytest.mark.parametrize("rel", ["serfbridge/serfbridge", "serfbridge-onefile"])
+@pytest.mark.parametrize("rel", LINUX_BUILDS)
 def test_frozen_handler_records_event(linux_dist: Path, tmp_path: Path, rel: str) -> None:
     """Each build, run as Serf runs a handler, writes the event document."""
     node = BridgeNode(tmp_path, "n1")

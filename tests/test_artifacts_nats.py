@@ -10,6 +10,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
+from support.artifacts import LINUX_BUILDS as BUILDS
 from support.bridge import BridgeNode
 from support.handler import fire_user
 from support.ports import wait_for
@@ -21,16 +22,6 @@ if TYPE_CHECKING:
     from support.nats import NatsServer
 
 pytestmark = pytest.mark.artifact
-
-BUILDS = ["serfbridge/serfbridge", "serfbridge-onefile"]
-
-
-@pytest.fixture(scope="module")
-def linux_dist(dist_dir: Path) -> Path:
-    path = dist_dir / "linux"
-    if not (path / "serfbridge" / "serfbridge").exists():
-        pytest.fail(f"no Linux build in {path}: run installers/linux/build.sh", pytrace=False)
-    return path
 
 
 def _nkey_user(tmp_path: Path) -> tuple[Path, str]:

@@ -90,11 +90,8 @@ exit "$sent"
 
 
 @pytest.fixture(scope="module")
-def root(dist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    debs = sorted((dist_dir / "linux").glob("serfbridge_*.deb"))
-    if len(debs) != 1:
-        pytest.fail(f"expected one .deb in {dist_dir}/linux, found {debs}", pytrace=False)
-    return install(debs[0], tmp_path_factory.mktemp("sandbox") / "root")
+def root(linux_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install(linux_deb, tmp_path_factory.mktemp("sandbox") / "root")
 
 
 def _reachable(path: Path) -> None:

@@ -6,7 +6,6 @@ Run after `installers/windows/build-wine.sh`: `pytest --artifacts -m wine` (docs
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -34,12 +33,7 @@ def test_exe_publishes_to_jetstream_and_rabbitmq(
     JetStream stream (acked, Nats-Msg-Id = id) and to a RabbitMQ queue (confirmed), and
     `check --connect` reaches both servers."""
     nats_server.add_stream("WIN", ["win.>"])
-    queue = f"win-{uuid.uuid4().hex[:6]}"
-    conn = rabbitmq.connect()
-    try:
-        rabbitmq.declare_events_queue(conn.channel(), queue)
-    finally:
-        conn.close()
+    queue = rabbitmq.new_events_queue("win")
     win_node.write_config(
         f'[[sinks]]\ntype = "nats"\nname = "js"\nurl = "{nats_server.url}"\n'
         'subject = "win.{event}"\nstream = "WIN"\n'

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pika
 import pytest
-from support.bridge import bridge_nodes
+from support.bridge import NAMES
 from support.handler import spool_files
-from support.ports import free_port, wait_for
-from support.relay import RelayProcess, get_text, metric
+from support.ports import wait_for
+from support.relaycluster import RelayCluster, relay_cluster
+from support.sinkcluster import TYPES, by, every_event_type, run_once
 
 from serfbridge.relay.auth import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from serfbridge.signing import sign
@@ -28,22 +30,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pika.adapters.blocking_connection import BlockingChannel
-    from support.bridge import BridgeNode
     from support.rabbitmq import RabbitMQServer
-    from support.serf import SerfCluster, SerfClusterFactory
+    from support.serf import SerfClusterFactory
     from support.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ["n1", "n2", "n3"]
-FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_interval": "1s"}
-FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\n"
-RESPONDER = '[[responders]]\nquery = "load"\ntext = "load from {node} payload={payload}"\n'
 PREFETCH = 3
 HMAC_KEY = "amqp-signing-key"
 TOKEN = "amqp-t0ken"  # noqa: S105 - test value
-TYPES = {"member-join", "user", "query", "member-update", "member-leave", "member-failed",
-         "member-reap"}  # fmt: skip
 
 
 @pytest.fixture
@@ -56,11 +51,9 @@ def channel(rabbitmq: RabbitMQServer) -> Iterator[BlockingChannel]:
 
 
 @pytest.fixture
-def queue(rabbitmq: RabbitMQServer, channel: BlockingChannel) -> str:
+def queue(rabbitmq: RabbitMQServer) -> str:
     """A fresh durable queue bound to amq.topic for serf.#: what the sinks publish to."""
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    rabbitmq.declare_events_queue(channel, name)
-    return name
+    return rabbitmq.new_events_queue("e2e")
 
 
 def _sinks(redis_url: str, amqp_url: str, *, once: bool) -> str:
@@ -70,10 +63,6 @@ def _sinks(redis_url: str, amqp_url: str, *, once: bool) -> str:
         f'[[sinks]]\ntype = "amqp"\nname = "rabbit"\nurl = "{amqp_url}"\n'
         f'routing_key = "serf.{{event}}.{{node}}"\n{flag}'
     )
-
-
-def _by(docs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["event"] == event]
 
 
 class Collected:
@@ -99,18 +88,8 @@ def test_every_event_type_reaches_rabbitmq_as_redis(
     """join, user, query, update, leave, failed and reap: the queue holds the same documents
     as the Redis stream, each a persistent JSON message whose message_id is the document id."""
     sinks = _sinks(redis_server.url, rabbitmq.url(), once=False)
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: sinks + FAST)
-    cluster = serf_cluster(
-        3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env(), config=FAST_REAP
-    )
     got = Collected(rabbitmq, queue)
-    try:
-        cluster["n1"].event("deploy", "v9", coalesce=False)
-        cluster["n1"].query("ping", None, "-timeout=1s")
-        cluster["n2"].tags(set={"version": "2"})
-        cluster["n3"].leave()
-        wait_for(lambda: cluster["n1"].member_status("n3") == "left", 20, what="n3 left")
-        cluster["n2"].kill9()
+    with every_event_type(serf_cluster, serfbridge_handler, tmp_path, sinks) as (_, nodes):
 
         def complete() -> bool:
             in_redis = {d["event"] for d in redis_server.event_docs()}
@@ -125,9 +104,6 @@ def test_every_event_type_reaches_rabbitmq_as_redis(
             what="every spool to drain",
         )
         time.sleep(1.0)
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
     rabbit_docs = got.docs()
 
     def canonical(docs: list[dict[str, Any]]) -> list[str]:
@@ -140,7 +116,7 @@ def test_every_event_type_reaches_rabbitmq_as_redis(
         assert props.message_id == doc["id"]
         assert props.delivery_mode == 2
         assert props.content_type == "application/json"
-    assert {d["node"]["name"] for d in _by(rabbit_docs, "user")} == set(NAMES)  # once is off
+    assert {d["node"]["name"] for d in by(rabbit_docs, "user")} == set(NAMES)  # once is off
 
 
 def test_once_lands_each_event_once(
@@ -152,30 +128,13 @@ def test_once_lands_each_event_once(
     queue: str,
 ) -> None:
     """once = true: one user event and one member-failed (from a survivor) in the queue."""
-    nodes = bridge_nodes(tmp_path, NAMES)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
     sinks = _sinks(redis_server.url, rabbitmq.url(), once=True)
-    for name, node in nodes.items():
-        node.write_config(f'[serf]\nrpc_addr = "{cluster[name].rpc_addr}"\n' + sinks + FAST)
     got = Collected(rabbitmq, queue)
-    try:
-        cluster["n1"].event("deploy", "once", coalesce=False)
-        wait_for(lambda: _by(got.docs(), "user"), timeout=20, what="the user event message")
-        wait_for(
-            lambda: all(not spool_files(n, "incoming") for n in nodes.values()),
-            timeout=20,
-            what="every node to decide on the user event",
-        )
-        cluster["n3"].kill9()
-        wait_for(lambda: _by(got.docs(), "member-failed"), timeout=30, what="member-failed")
-        time.sleep(3.0)  # duplicates from other nodes would arrive well within this
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
+    run_once(serf_cluster, serfbridge_handler, tmp_path, sinks, lambda event: by(got.docs(), event))
     docs = got.docs()
-    assert len(_by(docs, "user")) == 1
-    assert len(_by(redis_server.event_docs(), "user")) == 1
-    failed = _by(docs, "member-failed")
+    assert len(by(docs, "user")) == 1
+    assert len(by(redis_server.event_docs(), "user")) == 1
+    failed = by(docs, "member-failed")
     assert len(failed) == 1
     assert failed[0]["members"][0]["name"] == "n3"
     assert failed[0]["node"]["name"] in {"n1", "n2"}
@@ -184,28 +143,10 @@ def test_once_lands_each_event_once(
 # -- relay source -----------------------------------------------------------------------------
 
 
-class RelayEnv:
-    def __init__(
-        self,
-        cluster: SerfCluster,
-        nodes: dict[str, BridgeNode],
-        relay: RelayProcess,
-        metrics: int,
-        queue: str,
-    ) -> None:
-        self.cluster, self.nodes, self.relay = cluster, nodes, relay
-        self.metrics, self.queue = metrics, queue
-
-    def seen_everywhere(self, payload: str, timeout: float = 20.0) -> None:
-        for node in self.nodes.values():
-            node.wait_event(
-                lambda e: e["event"] == "user" and e["payload"] == payload,
-                f"user event {payload!r}",
-                timeout=timeout,
-            )
-
-    def metric(self, name: str, **labels: str) -> float:
-        return metric(get_text(self.metrics, "/metrics")[1], name, **labels)
+class RelayEnv(RelayCluster):
+    def __init__(self, *cluster: Any, queue: str) -> None:
+        super().__init__(*cluster)
+        self.queue = queue
 
 
 @pytest.fixture
@@ -216,12 +157,8 @@ def relay_env(
     tmp_path: Path,
     rabbitmq: RabbitMQServer,
 ) -> Iterator[RelayEnv]:
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: RESPONDER)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
-    metrics = free_port()
     queue = f"relay-in-{uuid.uuid4().hex[:6]}"
-    body = (
-        f'[relay]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
+    sources = (
         f'[[sources]]\ntype = "amqp"\nurl = "{rabbitmq.url()}"\nqueue = "{queue}"\n'
         f'dead_letter = "{queue}.dead"\nallow_events = ["deploy"]\nallow_queries = ["load"]\n'
         f"prefetch = {PREFETCH}\n"
@@ -232,19 +169,12 @@ def relay_env(
         f'queue = "{queue}.token"\ndead_letter = "{queue}.dead"\nallow_events = ["deploy"]\n'
         f'token = "{TOKEN}"\n'
     )
-    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=cluster[0].rpc_addr)
-    try:
-        relay.start()
-        wait_for(
-            lambda: relay.log_text().count("amqp source consuming") >= 3,
-            timeout=30,
-            what="the three amqp sources to consume",
-            detail=relay.log_tail,
-        )
-        yield RelayEnv(cluster, nodes, relay, metrics, queue)
-    finally:
-        relay.stop()
-    assert "Traceback" not in relay.log_text()
+    make = partial(RelayEnv, queue=queue)
+    with relay_cluster(
+        serf_cluster, serfbridge_cmd, serfbridge_handler, tmp_path, sources, make,
+        ready=("amqp source consuming", 3),
+    ) as env:  # fmt: skip
+        yield env
 
 
 def _publish(channel: BlockingChannel, queue: str, msg: dict[str, Any], **props: Any) -> None:

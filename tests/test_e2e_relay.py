@@ -11,70 +11,32 @@ import shutil
 import socket
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from support.bridge import BridgeNode, bridge_nodes
 from support.mqttclient import MqttPeer
 from support.ports import free_port, wait_for
-from support.relay import RelayProcess, get_text, http_source, metric, post
+from support.relay import get_text, http_source, metric, post
+from support.relaycluster import ALLOW, RelayCluster, assert_full_reply, relay_cluster, toml_table
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from support.serf import SerfCluster, SerfClusterFactory
+    from support.serf import SerfClusterFactory
     from support.servers import Mosquitto, RedisServer
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ["n1", "n2", "n3"]
 TOKEN = "e2e-t0ken"  # noqa: S105 - test value
-RESPONDER = '[[responders]]\nquery = "load"\ntext = "load from {node} payload={payload}"\n'
-ALLOW = {"allow_events": ["deploy"], "allow_queries": ["load"]}
 
 
-def _toml(table: str, **keys: object) -> str:
-    return f"[[{table}]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
-
-
-class Env:
-    def __init__(
-        self,
-        cluster: SerfCluster,
-        nodes: dict[str, BridgeNode],
-        relay: RelayProcess,
-        http: int,
-        metrics: int,
-        sock: str,
-    ) -> None:
-        self.cluster, self.nodes, self.relay = cluster, nodes, relay
-        self.http, self.metrics, self.sock = http, metrics, sock
-
-    def seen_everywhere(self, payload: str, timeout: float = 20.0) -> None:
-        for node in self.nodes.values():
-            node.wait_event(
-                lambda e: e["event"] == "user" and e["payload"] == payload,
-                f"user event {payload!r}",
-                timeout=timeout,
-            )
-
-    def count(self, payload: str) -> dict[str, int]:
-        return {
-            n: sum(e["event"] == "user" and e["payload"] == payload for e in node.events())
-            for n, node in self.nodes.items()
-        }
-
-    def metric(self, name: str, **labels: str) -> float:
-        return metric(get_text(self.metrics, "/metrics")[1], name, **labels)
-
-
-def _assert_full_reply(reply: dict[str, Any], payload: str) -> None:
-    assert reply["name"] == "load"
-    assert reply["complete"] is True
-    assert sorted(reply["acks"]) == NAMES
-    assert reply["responses"] == {n: f"load from {n} payload={payload}" for n in NAMES}
+class Env(RelayCluster):
+    def __init__(self, *cluster: Any, http: int, sock: str) -> None:
+        super().__init__(*cluster)
+        self.http, self.sock = http, sock
 
 
 @pytest.fixture
@@ -95,25 +57,19 @@ def env(
     mosquitto: Mosquitto,
     short_dir: Path,
 ) -> Iterator[Env]:
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: RESPONDER)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
-    http, metrics = free_port(), free_port()
-    sock = str(short_dir / "relay.sock")
-    body = (
-        f'[relay]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        + http_source(http, token=TOKEN, **ALLOW)
-        + _toml("sources", type="redis", url=redis_server.url, stream="relay:in",
-                group="relays", claim_idle=1.0, **ALLOW)
-        + _toml("sources", type="mqtt", url=mosquitto.url, topic="relay/in", **ALLOW)
-        + _toml("sources", type="local", path=sock, **ALLOW)
+    http, sock = free_port(), str(short_dir / "relay.sock")
+    sources = (
+        http_source(http, token=TOKEN, **ALLOW)
+        + toml_table("sources", type="redis", url=redis_server.url, stream="relay:in",
+                     group="relays", claim_idle=1.0, **ALLOW)
+        + toml_table("sources", type="mqtt", url=mosquitto.url, topic="relay/in", **ALLOW)
+        + toml_table("sources", type="local", path=sock, **ALLOW)
     )  # fmt: skip
-    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=cluster[0].rpc_addr)
-    try:
-        relay.start()
-        yield Env(cluster, nodes, relay, http, metrics, sock)
-    finally:
-        relay.stop()
-    assert "Traceback" not in relay.log_text()
+    make = partial(Env, http=http, sock=sock)
+    with relay_cluster(
+        serf_cluster, serfbridge_cmd, serfbridge_handler, tmp_path, sources, make
+    ) as env:
+        yield env
 
 
 def _redis(server: RedisServer) -> redis.Redis:
@@ -143,7 +99,7 @@ def test_http_event_and_query(env: Env) -> None:
     query = {"name": "load", "payload": "p1", "timeout": 1.5}
     status, reply = post(env.http, "/v1/query", query, token=TOKEN)
     assert status == 200
-    _assert_full_reply(reply, "p1")
+    assert_full_reply(reply, "p1")
 
 
 def test_mqtt_event_and_query(env: Env, mosquitto: Mosquitto) -> None:
@@ -160,9 +116,9 @@ def test_mqtt_event_and_query(env: Env, mosquitto: Mosquitto) -> None:
         wait_for(lambda: len(peer.received()) >= 2, 20, what="two MQTT replies")
         got = peer.received()
         by_topic = {topic: (json.loads(data), props) for topic, data, props in got}
-        _assert_full_reply(by_topic["replies/a"][0], "m1")
+        assert_full_reply(by_topic["replies/a"][0], "m1")
         assert by_topic["replies/a"][1].CorrelationData == b"corr-42"
-        _assert_full_reply(by_topic["replies/b"][0], "m2")
+        assert_full_reply(by_topic["replies/b"][0], "m2")
     finally:
         peer.close()
 
@@ -177,7 +133,7 @@ def test_redis_event_and_query(env: Env, redis_server: RedisServer) -> None:
              "reply_to": "relay:replies"}  # fmt: skip
     client.xadd("relay:in", {"data": json.dumps(query)})
     replies = wait_for(lambda: _xrange(client, "relay:replies"), 20, what="a reply entry")
-    _assert_full_reply(json.loads(replies[0][1]["data"]), "r1")
+    assert_full_reply(json.loads(replies[0][1]["data"]), "r1")
     wait_for(lambda: _pending(client) == 0, 10, what="every entry acknowledged")
 
 
@@ -234,7 +190,7 @@ def test_local_socket_event_and_query(env: Env) -> None:
         # Handlers run one at a time: let the event's finish before the query's deadline runs.
         env.seen_everywhere("via-socket")
         reply = ask(b'{"type": "query", "name": "load", "payload": "s1", "timeout": 1.5}')
-        _assert_full_reply(reply, "s1")
+        assert_full_reply(reply, "s1")
         assert ask(b'{"type": "event", "name": "nope"}')["reason"] == "not_allowed"
     mode = Path(env.sock).stat().st_mode & 0o777
     assert mode == 0o600

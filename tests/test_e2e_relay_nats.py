@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from support.bridge import BridgeNode, bridge_nodes
+from support.bridge import NAMES
 from support.inbound import sign_headers
-from support.ports import free_port, wait_for
-from support.relay import RelayProcess, get_text, metric
+from support.ports import wait_for
+from support.relaycluster import (
+    ALLOW,
+    RelayCluster,
+    assert_full_reply,
+    relay_cluster,
+    toml_table,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,56 +30,18 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
     from support.nats import NatsServer
-    from support.serf import SerfCluster, SerfClusterFactory
+    from support.serf import SerfClusterFactory
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ["n1", "n2", "n3"]
-RESPONDER = '[[responders]]\nquery = "load"\ntext = "load from {node} payload={payload}"\n'
-ALLOW = {"allow_events": ["deploy"], "allow_queries": ["load"]}
 KEY = "nats-hmac-key"
 STREAM = "SERFIN"
 
 
-def _toml(table: str, **keys: object) -> str:
-    return f"[[{table}]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
-
-
-class Env:
-    def __init__(
-        self,
-        cluster: SerfCluster,
-        nodes: dict[str, BridgeNode],
-        relay: RelayProcess,
-        nats: NatsServer,
-        metrics: int,
-    ) -> None:
-        self.cluster, self.nodes, self.relay, self.nats = cluster, nodes, relay, nats
-        self.metrics = metrics
-
-    def seen_everywhere(self, payload: str, timeout: float = 20.0) -> None:
-        for node in self.nodes.values():
-            node.wait_event(
-                lambda e: e["event"] == "user" and e["payload"] == payload,
-                f"user event {payload!r}",
-                timeout=timeout,
-            )
-
-    def count(self, payload: str) -> dict[str, int]:
-        return {
-            n: sum(e["event"] == "user" and e["payload"] == payload for e in node.events())
-            for n, node in self.nodes.items()
-        }
-
-    def metric(self, name: str, **labels: str) -> float:
-        return metric(get_text(self.metrics, "/metrics")[1], name, **labels)
-
-
-def _assert_full_reply(reply: dict[str, Any], payload: str) -> None:
-    assert reply["name"] == "load"
-    assert reply["complete"] is True
-    assert sorted(reply["acks"]) == NAMES
-    assert reply["responses"] == {n: f"load from {n} payload={payload}" for n in NAMES}
+class Env(RelayCluster):
+    def __init__(self, *cluster: Any, nats: NatsServer) -> None:
+        super().__init__(*cluster)
+        self.nats = nats
 
 
 @pytest.fixture
@@ -83,32 +52,22 @@ def env(
     tmp_path: Path,
     nats_server: NatsServer,
 ) -> Iterator[Env]:
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: RESPONDER)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
     nats_server.add_stream(STREAM, ["serf.js.>"])
-    metrics = free_port()
-    body = (
-        f'[relay]\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        + _toml("sources", type="nats", name="core", url=nats_server.url, subject="serf.in",
-                dead_letter="serf.dead", **ALLOW)
-        + _toml("sources", type="nats", name="js", url=nats_server.url, subject="serf.js.in",
-                stream=STREAM, durable="relays", dead_letter="serf.dead", **ALLOW)
-        + _toml("sources", type="nats", name="signed", url=nats_server.url,
-                subject="serf.signed", hmac_key=KEY, require_signature=True, **ALLOW)
+    sources = (
+        toml_table("sources", type="nats", name="core", url=nats_server.url, subject="serf.in",
+                   dead_letter="serf.dead", **ALLOW)
+        + toml_table("sources", type="nats", name="js", url=nats_server.url,
+                     subject="serf.js.in", stream=STREAM, durable="relays",
+                     dead_letter="serf.dead", **ALLOW)
+        + toml_table("sources", type="nats", name="signed", url=nats_server.url,
+                     subject="serf.signed", hmac_key=KEY, require_signature=True, **ALLOW)
     )  # fmt: skip
-    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=cluster[0].rpc_addr)
-    try:
-        relay.start()
-        wait_for(
-            lambda: relay.log_text(current_run=True).count("nats source reading") == 3,
-            20,
-            what="three nats sources reading",
-            detail=relay.log_tail,
-        )
-        yield Env(cluster, nodes, relay, nats_server, metrics)
-    finally:
-        relay.stop()
-    assert "Traceback" not in relay.log_text()
+    make = partial(Env, nats=nats_server)
+    with relay_cluster(
+        serf_cluster, serfbridge_cmd, serfbridge_handler, tmp_path, sources, make,
+        ready=("nats source reading", 3),
+    ) as env:  # fmt: skip
+        yield env
 
 
 def _request(env: Env, subject: str, msg: dict[str, Any], timeout: float = 20.0) -> Any:
@@ -122,7 +81,7 @@ def _request(env: Env, subject: str, msg: dict[str, Any], timeout: float = 20.0)
 def test_nats_request_runs_a_query_on_every_node(env: Env) -> None:
     """A request to serf.in (as `nats req` sends it) gets every node's answer."""
     query = {"type": "query", "name": "load", "payload": "q1", "timeout": 3}
-    _assert_full_reply(_request(env, "serf.in", query), "q1")
+    assert_full_reply(_request(env, "serf.in", query), "q1")
 
 
 def test_core_event_raised_on_every_node(env: Env) -> None:
@@ -209,7 +168,7 @@ def test_jetstream_event_and_query_acked_after_serf(env: Env) -> None:
 
     env.nats.call(event)
     env.seen_everywhere("via-js")
-    _assert_full_reply(env.nats.call(query), "j1")
+    assert_full_reply(env.nats.call(query), "j1")
 
     async def consumer(client: Client) -> tuple[int, int]:
         info = await client.jetstream().consumer_info(STREAM, "relays")
@@ -260,4 +219,4 @@ def test_source_up_follows_the_server(env: Env) -> None:
     wait_for(lambda: up("core") == up("js") == 1.0, 30, what="both sources up again",
              detail=env.relay.log_tail)  # fmt: skip
     query = {"type": "query", "name": "load", "payload": "back", "timeout": 3}
-    _assert_full_reply(_request(env, "serf.in", query), "back")
+    assert_full_reply(_request(env, "serf.in", query), "back")

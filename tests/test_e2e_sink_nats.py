@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from support.bridge import BridgeNode, bridge_nodes
+from support.bridge import BridgeNode
 from support.handler import fire_user, spool_files
 from support.nats import Collector
 from support.ports import wait_for
+from support.sinkcluster import TYPES, by, every_event_type, run_once
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,12 +24,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-NAMES = ["n1", "n2", "n3"]
 STREAM = "SERF"
-FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_interval": "1s"}
-FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\n"
-TYPES = {"member-join", "user", "query", "member-update", "member-leave", "member-failed",
-         "member-reap"}  # fmt: skip
 
 
 def _sinks(nats_url: str, redis_url: str, *, once: bool) -> str:
@@ -39,10 +35,6 @@ def _sinks(nats_url: str, redis_url: str, *, once: bool) -> str:
         f'[[sinks]]\ntype = "nats"\nname = "js"\nurl = "{nats_url}"\n'
         f'subject = "serf.{{event}}.{{node}}"\nstream = "{STREAM}"\n{flag}'
     )
-
-
-def _by(docs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["event"] == event]
 
 
 @pytest.fixture
@@ -65,17 +57,7 @@ def test_every_event_type_reaches_jetstream_once(
     """join, user, query, update, leave, failed and reap reach the stream as they reach
     Redis; every node forwards each member event, and the stream keeps each id once."""
     sinks = _sinks(nats_server.url, redis_server.url, once=False)
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: sinks + FAST)
-    cluster = serf_cluster(
-        3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env(), config=FAST_REAP
-    )
-    try:
-        cluster["n1"].event("deploy", "v9", coalesce=False)
-        cluster["n1"].query("ping", None, "-timeout=1s")
-        cluster["n2"].tags(set={"version": "2"})
-        cluster["n3"].leave()
-        wait_for(lambda: cluster["n1"].member_status("n3") == "left", 20, what="n3 left")
-        cluster["n2"].kill9()
+    with every_event_type(serf_cluster, serfbridge_handler, tmp_path, sinks):
 
         def complete() -> bool:
             redis_ids = {d["id"] for d in redis_server.event_docs()}
@@ -88,9 +70,6 @@ def test_every_event_type_reaches_jetstream_once(
         time.sleep(2.0)  # late copies from other nodes would land within this
         # Reaps come one by one: wait until both sinks have settled on the same events.
         wait_for(complete, timeout=30, what="Redis and JetStream holding the same events")
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
     stored = nats_server.event_docs(STREAM)
     assert {d["event"] for d in stored} == TYPES
     assert {d["id"] for d in stored} == {d["id"] for d in redis_server.event_docs()}
@@ -115,30 +94,15 @@ def test_once_sends_each_event_from_one_node(
 ) -> None:
     """once = true: one node publishes the user event and the member-failed of a killed node
     (counted before JetStream's dedupe, by a subscriber)."""
-    nodes = bridge_nodes(tmp_path, NAMES)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
     sinks = _sinks(nats_server.url, redis_server.url, once=True)
-    for name, node in nodes.items():
-        node.write_config(f'[serf]\nrpc_addr = "{cluster[name].rpc_addr}"\n' + sinks + FAST)
-    try:
-        cluster["n1"].event("deploy", "once", coalesce=False)
-        wait_for(lambda: _by(stream.docs(), "user"), timeout=20, what="the user event")
-        wait_for(
-            lambda: all(not spool_files(n, "incoming") for n in nodes.values()),
-            timeout=20,
-            what="every node to decide on the user event",
-        )
-        cluster["n3"].kill9()
-        wait_for(lambda: _by(stream.docs(), "member-failed"), timeout=30, what="member-failed")
-        time.sleep(3.0)  # duplicates from other nodes would arrive well within this
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
-    assert len(_by(stream.docs(), "user")) == 1
-    failed = _by(stream.docs(), "member-failed")
+    run_once(
+        serf_cluster, serfbridge_handler, tmp_path, sinks, lambda event: by(stream.docs(), event)
+    )
+    assert len(by(stream.docs(), "user")) == 1
+    failed = by(stream.docs(), "member-failed")
     assert len(failed) == 1
     assert failed[0]["node"]["name"] in {"n1", "n2"}
-    assert len(_by(nats_server.event_docs(STREAM), "user")) == 1
+    assert len(by(nats_server.event_docs(STREAM), "user")) == 1
 
 
 # -- outage -------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from support.bridge import bridge_nodes
-from support.handler import spool_files
 from support.ports import wait_for
+from support.sinkcluster import TYPES, by, every_event_type, run_once
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
     from support.servers import HttpReceiver, Mosquitto, RedisServer
 
 pytestmark = pytest.mark.e2e
-
-NAMES = ["n1", "n2", "n3"]
-FAST_REAP = {"reconnect_timeout": "1s", "tombstone_timeout": "1s", "reconnect_interval": "1s"}
-FAST = "[delivery]\nlinger = 2\nbackoff_initial = 0.05\nbackoff_max = 0.5\n"
 
 
 class Subscriber:
@@ -75,10 +70,6 @@ def _sinks(receiver: HttpReceiver, redis_url: str, mqtt_port: int, once: bool) -
     )
 
 
-def _by(docs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["event"] == event]
-
-
 def test_every_event_type_reaches_every_sink(
     serf_cluster: SerfClusterFactory,
     serfbridge_handler: str,
@@ -90,37 +81,22 @@ def test_every_event_type_reaches_every_sink(
 ) -> None:
     """join, user, query, update, leave, failed and reap arrive over HTTP, MQTT and Redis."""
     sinks = _sinks(http_receiver, redis_server.url, mosquitto.port, once=False)
-    nodes = bridge_nodes(tmp_path, NAMES, lambda _: sinks + FAST)
-    cluster = serf_cluster(
-        3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env(), config=FAST_REAP
-    )
-    try:
-        cluster["n1"].event("deploy", "v9", coalesce=False)
-        cluster["n1"].query("ping", None, "-timeout=1s")
-        cluster["n2"].tags(set={"version": "2"})
-        cluster["n3"].leave()
-        wait_for(lambda: cluster["n1"].member_status("n3") == "left", 20, what="n3 left")
-        cluster["n2"].kill9()
-        types = {"member-join", "user", "query", "member-update", "member-leave",
-                 "member-failed", "member-reap"}  # fmt: skip
+    with every_event_type(serf_cluster, serfbridge_handler, tmp_path, sinks):
 
         def complete() -> bool:
             http = {r.json()["event"] for r in http_receiver.requests if r.path == "/json"}
             return (
-                types <= http
-                and types <= {d["event"] for d in redis_server.event_docs()}
-                and (types <= {d["event"] for d in subscriber.docs()})
+                http >= TYPES
+                and {d["event"] for d in redis_server.event_docs()} >= TYPES
+                and ({d["event"] for d in subscriber.docs()} >= TYPES)
             )
 
         wait_for(complete, timeout=60, what="all seven event types at every sink")
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
     user_ids = {
         "http": {r.json()["id"] for r in http_receiver.requests if r.path == "/json"
                  and r.json()["event"] == "user"},
-        "redis": {d["id"] for d in _by(redis_server.event_docs(), "user")},
-        "mqtt": {d["id"] for d in _by(subscriber.docs(), "user")},
+        "redis": {d["id"] for d in by(redis_server.event_docs(), "user")},
+        "mqtt": {d["id"] for d in by(subscriber.docs(), "user")},
     }  # fmt: skip
     assert user_ids["http"] == user_ids["redis"] == user_ids["mqtt"]
     assert len(user_ids["http"]) == 1
@@ -140,34 +116,19 @@ def test_once_forwards_each_event_from_exactly_one_node(
 ) -> None:
     """With once = true a user event gives one POST and one stream entry; kill -9 gives one
     member-failed POST, sent by a surviving node."""
-    nodes = bridge_nodes(tmp_path, NAMES)
-    cluster = serf_cluster(3, "*=" + serfbridge_handler, env_for=lambda n: nodes[n].env())
     sinks = _sinks(http_receiver, redis_server.url, mosquitto.port, once=True)
-    for name, node in nodes.items():
-        node.write_config(f'[serf]\nrpc_addr = "{cluster[name].rpc_addr}"\n' + sinks + FAST)
-    try:
-        cluster["n1"].event("deploy", "once", coalesce=False)
 
-        def posts(event: str) -> list[dict[str, Any]]:
-            return _by([r.json() for r in http_receiver.requests if r.path == "/json"], event)
+    def posts(event: str) -> list[dict[str, Any]]:
+        return by([r.json() for r in http_receiver.requests if r.path == "/json"], event)
 
-        wait_for(lambda: posts("user"), timeout=20, what="the user event POST")
-        wait_for(lambda: _by(redis_server.event_docs(), "user"), timeout=20, what="stream entry")
-        # Every node must have made its once decision before the crash: a deliverer whose own
-        # agent is gone cannot ask who is alive and forwards anyway (documented fail-open).
-        wait_for(
-            lambda: all(not spool_files(n, "incoming") for n in nodes.values()),
-            timeout=20,
-            what="every node to decide on the user event",
-        )
-        cluster["n3"].kill9()
-        wait_for(lambda: posts("member-failed"), timeout=30, what="the member-failed POST")
-        time.sleep(3.0)  # duplicates from other nodes would arrive well within this
-    finally:
-        for node in nodes.values():
-            node.kill_deliverer()
+    def seen(event: str) -> bool:
+        # The user event: its POST and its stream entry.
+        in_redis = event != "user" or bool(by(redis_server.event_docs(), event))
+        return bool(posts(event)) and in_redis
+
+    run_once(serf_cluster, serfbridge_handler, tmp_path, sinks, seen)
     assert len(posts("user")) == 1
-    assert len(_by(redis_server.event_docs(), "user")) == 1
+    assert len(by(redis_server.event_docs(), "user")) == 1
     failed = posts("member-failed")
     assert len(failed) == 1
     assert failed[0]["members"][0]["name"] == "n3"

@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+#: The nodes of the end-to-end tests' 3-node clusters.
+NAMES = ["n1", "n2", "n3"]
+
+
 class BridgeNode:
     """One node's serfbridge files: config, state dir (spool, events.jsonl), compiled cache."""
 

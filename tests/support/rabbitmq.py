@@ -195,6 +195,16 @@ class RabbitMQServer(ManagedProcess):
         channel.queue_bind(queue, "amq.topic", "serf.#")
         channel.queue_purge(queue)
 
+    def new_events_queue(self, prefix: str) -> str:
+        """A fresh ``<prefix>-<random>`` queue, as ``declare_events_queue`` makes it."""
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        conn = self.connect()
+        try:
+            self.declare_events_queue(conn.channel(), name)
+        finally:
+            conn.close()
+        return name
+
     def drain(self, queue: str = EVENTS_QUEUE, vhost: str = "/") -> list[Any]:
         """Every message now in ``queue`` as (properties, body), acknowledged (removed)."""
         out: list[Any] = []
