@@ -145,3 +145,51 @@ def test_redis_dead_letter_is_cut(setup: Setup) -> None:
     got: Any = wait_for(lambda: client.xrange("serf:in:dead"), 20, what="the Redis dead letter")
     ((_, letter),) = got
     _assert_cut(letter, entry=str(entry))
+
+
+def test_amqp_source_waits_for_a_missing_dead_letter_queue(
+    agent: SerfAgent, rabbitmq: RabbitMQServer, serfbridge_cmd: list[str], tmp_path: Path
+) -> None:
+    """The broker drops a message published to the default exchange for a queue that does
+    not exist, without a word: a refused message acked after such a publish is lost. The
+    source consumes only while its dead-letter queue is there."""
+    queue = f"dl-missing-{uuid.uuid4().hex[:6]}"
+    conn = rabbitmq.connect()
+    try:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=True)
+        channel.basic_publish("", queue, BODY)
+    finally:
+        conn.close()
+    body = (
+        f'[[sources]]\ntype = "amqp"\nurl = "{rabbitmq.url()}"\nqueue = "{queue}"\n'
+        f'declare = false\ndead_letter = "{queue}.dead"\n{ALLOW}'
+    )
+    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
+    with relay:
+        relay.start()
+        wait_for(
+            lambda: f"{queue}.dead" in relay.log_text(current_run=True),
+            30,
+            what="the relay to name the missing dead-letter queue",
+            detail=relay.log_tail,
+        )
+        conn = rabbitmq.connect()
+        try:
+            channel = conn.channel()
+            waiting = channel.queue_declare(queue, passive=True).method.message_count
+            assert waiting == 1, "the refused message left its queue with nowhere to go"
+            channel.queue_declare(queue + ".dead", durable=True)
+        finally:
+            conn.close()
+        dead: list[dict[str, Any]] = []
+
+        def one() -> bool:
+            dead.extend(rabbitmq.docs(queue + ".dead"))
+            return bool(dead)
+
+        wait_for(one, 40, what="the dead letter once its queue exists", detail=relay.log_tail)
+        (letter,) = dead
+        assert letter["reason"] == "malformed"
+        assert letter["data"] == BODY.decode()
+    assert "Traceback" not in relay.log_text()

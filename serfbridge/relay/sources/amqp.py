@@ -8,8 +8,9 @@ publishes the reply or dead letter and then acknowledges:
 
 * accepted -> ``basic.ack`` (after a query's reply was published);
 * refused for good (malformed, not allowed, too large, bad signature...) -> published with its
-  reason to ``dead_letter`` and acked, or without ``dead_letter`` ``basic.reject`` with
-  requeue off, which the queue's own dead-letter exchange takes if it has one;
+  reason to ``dead_letter`` and acked (the source consumes only while that queue exists), or
+  without ``dead_letter`` ``basic.reject`` with requeue off, which the queue's own
+  dead-letter exchange takes if it has one;
 * Serf unavailable / rate limited -> retried in place with backoff, unacknowledged.
 
 Queries follow the RabbitMQ RPC pattern: the reply goes to the default exchange with the
@@ -57,6 +58,10 @@ def _header(headers: dict[str, Any], name: str) -> str | None:
     return None
 
 
+class DeadLetterQueueMissing(Exception):
+    pass
+
+
 class AmqpSource(Source):
     def start(self) -> None:
         import pika  # noqa: F401 - fail at start-up, not in the thread, if it is missing
@@ -87,6 +92,9 @@ class AmqpSource(Source):
             try:
                 self._session()
                 backoff.reset()
+            except DeadLetterQueueMissing as exc:
+                delay = backoff.failed()
+                log.error("amqp source waits", source=self.name, error=str(exc), retry_in=delay)
             except (AMQPError, AMQPConnectorException, OSError) as exc:
                 delay = backoff.failed()
                 log.warning("amqp unreachable", source=self.name, error=_text(exc), retry_in=delay)
@@ -108,6 +116,8 @@ class AmqpSource(Source):
             channel = conn.channel()
             channel.basic_qos(prefetch_count=cfg.prefetch)
             channel.queue_declare(cfg.queue, durable=True, passive=not cfg.declare)
+            if cfg.dead_letter:
+                self._check_dead_letter_queue(conn, cfg.dead_letter, declare=cfg.declare)
             tag = channel.basic_consume(cfg.queue, partial(self._on_message, conn))
             self.connected = True
             self.consuming.set()
@@ -122,6 +132,26 @@ class AmqpSource(Source):
             self.connected = False
             self.consuming.clear()
             close_bounded(conn)
+
+    def _check_dead_letter_queue(
+        self, conn: pika.BlockingConnection, queue: str, *, declare: bool
+    ) -> None:
+        """The broker drops, without a word, what the default exchange gets for a queue that
+        does not exist, and a refused message is acked once its dead letter is published:
+        consuming without the queue would lose every refused message. So the session waits
+        (reconnecting with backoff) until the queue exists."""
+        from pika.exceptions import ChannelClosedByBroker
+
+        try:
+            # Its own channel: a failed passive declare closes the channel it ran on.
+            channel = conn.channel()
+            channel.queue_declare(queue, durable=True, passive=not declare)
+            channel.close()
+        except ChannelClosedByBroker as exc:
+            raise DeadLetterQueueMissing(
+                f"dead_letter queue {queue!r} does not exist ({exc.reply_text}); declare it, "
+                "or set declare = true: not consuming until it is there"
+            ) from exc
 
     def _on_message(
         self, conn: pika.BlockingConnection, channel: Any, method: Any, props: Any, body: bytes
