@@ -131,8 +131,9 @@ def waiting(
             continue
         for name, targets in listed:
             for sink in targets or ():
-                done = done_sets.setdefault(sink, read_done(state_dir, sink))
-                if name not in done:
+                if sink not in done_sets:  # once per sink, not per entry: the file is long
+                    done_sets[sink] = read_done(state_dir, sink)
+                if name not in done_sets[sink]:
                     found.setdefault(sink, []).append((name, path, True))
     for sink, items in found.items():
         queue = spool_dir(state_dir, "queue", sink)
