@@ -120,7 +120,7 @@ def test_a_deliverer_killed_halfway_through_a_batch_finishes_it_after_a_restart(
     deliverer = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_for(lambda: len(node.events()) == n and len(http_receiver.requests) > 160, 30,
+        wait_for(lambda: len(node.events()) == n and len(http_receiver.requests) > 160, 90,
                  what="the file sink done, the webhook half", detail=node.log_tail)  # fmt: skip
     finally:
         deliverer.send_signal(signal.SIGKILL)
