@@ -91,3 +91,49 @@ def test_parse_incoming_either_returns_valid_names_or_raises_bad_entry(data: byt
     assert all(entries.valid_sink_name(s) for s in sinks)
     assert isinstance(event["id"], str)
     assert isinstance(event["node"]["name"], str)
+
+
+def _good_line(n: int) -> bytes:
+    return json.dumps({"sinks": ["file"], "event": {**GOOD_EVENT, "id": f"good-{n}"}}).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.lists(blobs, max_size=4), max_size=3),
+    raw=st.lists(st.binary(max_size=300), max_size=2),
+)
+def test_any_batch_file_content_never_stops_the_deliverer(
+    batches: list[list[bytes]], raw: list[bytes]
+) -> None:
+    """Batch files of arbitrary lines (and arbitrary bytes) beside a batch whose good lines
+    sit among bad ones: every good line is delivered, in order, and no file stays."""
+    root = Path(tempfile.mkdtemp(prefix="spool-batch-prop-"))
+    state = root / "state"
+    incoming = state / "spool" / "incoming"
+    incoming.mkdir(parents=True)
+    files = [b"\n".join(lines) for lines in batches] + raw
+    for i, data in enumerate(files):
+        (incoming / f"{i + 1:020d}-0000001-0001.jsonl").write_bytes(data)
+    mixed = [_good_line(0), *(b for lines in batches for b in lines[:1]), _good_line(1)]
+    mixed = [b.replace(b"\n", b" ") for b in mixed] + [_good_line(2)]
+    (incoming / f"{10**6:020d}-0000003-0001.jsonl").write_bytes(b"\n".join(mixed) + b"\n")
+    config = root / "c.toml"
+    sink = state / "events.jsonl"
+    config.write_text(
+        f"state_dir = {json.dumps(str(state))}\nlog_file = {json.dumps(str(root / 'log'))}\n"
+        f'[[sinks]]\ntype = "file"\nname = "file"\npath = {json.dumps(str(sink))}\n'
+    )
+    assert flush(load_settings(str(config)), timeout=30.0, config=str(config)) == 0
+    lines = sink.read_text(encoding="utf-8").splitlines() if sink.exists() else []
+    ids = [json.loads(line)["id"] for line in lines]
+    good = [i for i in ids if i.startswith("good-")]
+    assert good == ["good-0", "good-1", "good-2"]
+    assert not list(incoming.iterdir())
+    assert set(os.listdir(root)) <= {"c.toml", "log", "state"}
+
+
+@given(st.binary(max_size=400))
+def test_read_incoming_of_any_batch_names_every_line(data: bytes) -> None:
+    listed = entries.read_incoming("a.jsonl", data)
+    assert [name for name, _ in listed] == entries.batch_names("a.jsonl", data)
+    assert all(entries.ENTRY_NAME.fullmatch(name) for name, _ in listed)

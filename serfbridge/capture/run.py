@@ -91,8 +91,9 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
     doc["id"] = parse.member_event_id(doc["event"], doc["members"])
 
 
-def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
-    """Append to file sinks inline; spool the event for every other matching sink."""
+def inline_files(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str]:
+    """Append to file sinks inline; returns the other matching sinks (and file sinks that
+    failed), which the event must be spooled for."""
     spooled: list[str] = []
     line = b""
     for sink in route_decision.sinks_for(cfg, doc):
@@ -106,20 +107,14 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
                     "file sink failed, spooling the event", sink=sink["name"], error=str(exc)
                 )
         spooled.append(sink["name"])
-    if not spooled:
-        return EXIT_OK
+    return spooled
+
+
+def hand_over(cfg: Compiled, entry: str, config_arg: str | None, suffix: str = ".json") -> None:
+    """A running deliverer hears of the spooled ``entry`` at once; otherwise one is started."""
     state_dir = cfg["state_dir"]
-    try:
-        entry = spool.capture(state_dir, spooled, event_json)
-    except OSError as exc:
-        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
-        if doc["event"] != "query":
-            # Serf logs a handler's stderr: the operator sees why without the (full) disk's log.
-            sys.stderr.write(f"serfbridge: cannot spool event {doc['id']}: {exc}\n")
-        return EXIT_SPOOL
-    # A running deliverer hears of the entry at once; otherwise one is started.
-    if spool.wake(state_dir, entry):
-        return EXIT_OK
+    if spool.wake(state_dir, entry, suffix):
+        return
     if cfg["spawn_deliverer"]:
         try:
             if not spool.deliverer_running(state_dir):
@@ -127,6 +122,22 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
         except OSError as exc:
             # The event is safe in the spool; the next handler run or `flush` delivers it.
             log.error("cannot start the deliverer", error=str(exc))
+
+
+def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
+    """Append to file sinks inline; spool the event for every other matching sink."""
+    spooled = inline_files(cfg, doc, event_json)
+    if not spooled:
+        return EXIT_OK
+    try:
+        entry = spool.capture(cfg["state_dir"], spooled, event_json)
+    except OSError as exc:
+        log.error("cannot spool event", id=doc["id"], sinks=",".join(spooled), error=str(exc))
+        if doc["event"] != "query":
+            # Serf logs a handler's stderr: the operator sees why without the (full) disk's log.
+            sys.stderr.write(f"serfbridge: cannot spool event {doc['id']}: {exc}\n")
+        return EXIT_SPOOL
+    hand_over(cfg, entry, config_arg)
     return EXIT_OK
 
 
@@ -138,15 +149,29 @@ def route_once(
     forgotten, so the repeat gets its chance."""
     if relay_id is None:
         return route(cfg, doc, event_json, config_arg)
-    from serfbridge.capture import seen
-
-    if not seen.first_time(cfg["state_dir"], relay_id, time.time()):
-        log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
+    if not first_time(cfg, doc, relay_id):
         return None
     status = route(cfg, doc, event_json, config_arg)
     if status != EXIT_OK:
-        seen.forget(cfg["state_dir"], relay_id)
+        forget(cfg, relay_id)
     return status
+
+
+def first_time(cfg: Compiled, doc: EventDoc, relay_id: str) -> bool:
+    """Record the relay id; False (logged) for a repeat this node already recorded."""
+    from serfbridge.capture import seen
+
+    if seen.first_time(cfg["state_dir"], relay_id, time.time()):
+        return True
+    log.info("repeat of a relayed event dropped", id=doc["id"], name=doc["name"])
+    return False
+
+
+def forget(cfg: Compiled, relay_id: str) -> None:
+    """The event with this relay id could not be recorded after all: let its repeat in."""
+    from serfbridge.capture import seen
+
+    seen.forget(cfg["state_dir"], relay_id)
 
 
 def _without_config(

@@ -3,7 +3,8 @@
 Layout under ``<state_dir>/spool/``::
 
     incoming/<entry>.json        written by handlers: {"sinks": [...], "event": {...}}
-    queue/<sink>/<entry>.json    fanned out by the deliverer, one directory per sink
+    incoming/<entry>.jsonl       written by the stream relay: one such entry per line
+    queue/<sink>/<entry>.json    dead letters moved back by `spool retry`, one per file
     queue/<sink>/.head.json      attempts and next retry time of that queue's head entry
     dead/<sink>/<entry>.json     dead letters, with <entry>.reason.json beside each
     progress/<sink>.done         names of incoming entries that sink has finished
@@ -18,11 +19,15 @@ each sink it names, records per-sink progress, and unlinks it when the last sink
 ``spool retry``.
 
 ``<entry>`` is ``<time_ns>-<pid>-<n>``: sorting names sorts by capture time, which is event
-order because Serf runs one agent's handlers one at a time. Every file is written to a
-``.tmp`` name, fsynced and renamed, so a reader never sees half an entry and a ``kill -9`` or a
-power cut loses at most the entry being written. Only handlers create files in ``incoming/``
-and only the deliverer (one per state directory, by lock) moves them on, so no entry is
-delivered twice by the spool itself.
+order because Serf runs one agent's handlers one at a time. A batch file is the stream
+relay's group commit (``capture_many``): the records that arrived while the previous batch
+was being written, up to 512, stored with one fsync; line ``k`` is the entry
+``<entry>.<k:05d>.json`` for the deliverer (progress, dead letters, ``spool list``), which
+unlinks the file when every line is finished for every sink. Every file is written to a
+``.tmp`` name, fsynced and renamed, so a reader never sees half an entry and a ``kill -9`` or
+a power cut loses at most the entry (or batch) being written. Only handlers and the stream
+relay create files in ``incoming/`` and only the deliverer (one per state directory, by
+lock) moves them on, so no entry is delivered twice by the spool itself.
 """
 
 from __future__ import annotations
@@ -66,6 +71,17 @@ def capture(state_dir: str, sinks: list[str], event_json: str) -> str:
     return name
 
 
+def capture_many(state_dir: str, items: list[tuple[list[str], str]]) -> str:
+    """Store several events as one batch file, ``incoming/<entry>.jsonl`` (one entry per
+    line, in order): one write, one fsync, one rename and one directory fsync for all of
+    them. Returns the entry name (without ``.jsonl``). Raises OSError (then none of them is
+    stored)."""
+    name = entry_name()
+    data = b"".join(_entry(sinks, event_json) + b"\n" for sinks, event_json in items)
+    files.write_atomic(os.path.join(spool_dir(state_dir, "incoming"), name + ".jsonl"), data)
+    return name
+
+
 def reject(
     state_dir: str, reason: str, environ: dict[str, str], stdin: bytes, received: float
 ) -> str:
@@ -104,8 +120,9 @@ def wake_address(state_dir: str) -> str | bytes | None:
     return path if len(path.encode()) < 100 else None
 
 
-def wake(state_dir: str, entry: str) -> bool:
-    """Tell a running deliverer that ``entry`` is in ``incoming/``; True if one listened.
+def wake(state_dir: str, entry: str, suffix: str = ".json") -> bool:
+    """Tell a running deliverer that ``entry`` + ``suffix`` is in ``incoming/``; True if one
+    listened.
 
     One datagram, no reply, never blocks: ``_socket`` rather than ``socket`` because the
     wrapper module costs a millisecond of imports on every event."""
@@ -120,7 +137,7 @@ def wake(state_dir: str, entry: str) -> bool:
         return False
     try:
         sock.setblocking(False)
-        sock.sendto(entry.encode("ascii") + b".json", addr)
+        sock.sendto((entry + suffix).encode("ascii"), addr)
         return True
     except OSError:
         return False

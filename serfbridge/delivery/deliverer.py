@@ -27,7 +27,7 @@ from serfbridge.capture import cache, files
 from serfbridge.capture.files import write_atomic
 from serfbridge.capture.spool import spool_dir
 from serfbridge.config.models import Settings, load_for
-from serfbridge.delivery import once, stats
+from serfbridge.delivery import entries, once, stats
 from serfbridge.delivery.entries import valid_sink_name
 from serfbridge.delivery.ledger import Ledger, dead_letter
 from serfbridge.delivery.wake import RESCAN, WakeSocket
@@ -343,9 +343,20 @@ def flush(settings: Settings, timeout: float, config: str | None = None) -> int:
 
 
 def count_pending(settings: Settings) -> int:
-    """Files waiting in ``incoming/`` and ``queue/<sink>/``."""
+    """Entries waiting in ``incoming/`` (a batch file counts its lines) and
+    ``queue/<sink>/``."""
     state_dir = settings.state_path
-    total = len(stats.json_names(spool_dir(state_dir, "incoming")))
+    total = 0
+    incoming = spool_dir(state_dir, "incoming")
+    for name in entries.incoming_names(incoming):
+        if not name.endswith(entries.BATCH_SUFFIX):
+            total += 1
+            continue
+        try:
+            with open(os.path.join(incoming, name), "rb") as fh:
+                total += max(1, len(entries.split_batch(fh.read())))
+        except OSError:
+            continue
     queue_root = spool_dir(state_dir, "queue")
     if os.path.isdir(queue_root):
         for sink in os.listdir(queue_root):

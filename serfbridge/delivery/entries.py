@@ -3,6 +3,11 @@
 An entry that fails is moved to ``spool/rejected/`` with a ``.reason`` file beside it and
 delivery goes on; nothing read from the spool may stop the deliverer or reach outside the
 spool (sink names become directory names, so they are held to the config's name pattern).
+
+A batch file (``incoming/<stem>.jsonl``, the stream relay's group commit) holds one entry per
+line; line ``k`` is the entry ``<stem>.<k:05d>.json`` everywhere else (progress, dead
+letters, ``spool list``), so it sorts right after the entries captured before it and in
+line order. A bad line is rejected alone: its bytes go to ``rejected/<stem>.<k:05d>.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from serfbridge.capture.spool import spool_dir
 # dot, so ``..`` and hidden names are impossible, and it has no separators.
 SINK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.json")
+BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,190}\.jsonl")
+BATCH_SUFFIX = ".jsonl"
 
 
 class BadEntry(ValueError):
@@ -73,6 +80,47 @@ def parse_incoming(data: bytes) -> tuple[list[str], dict[str, Any]]:
     return list(dict.fromkeys(sinks)), check_event(doc.get("event"))
 
 
+def line_name(batch: str, index: int) -> str:
+    """The entry name of line ``index`` (from 0) of batch file ``batch`` (``<stem>.jsonl``)."""
+    return f"{batch[: -len(BATCH_SUFFIX)]}.{index:05d}.json"
+
+
+def split_batch(data: bytes) -> list[bytes]:
+    """The lines of a batch file, in order; blank lines (a trailing newline) are not entries
+    and keep no index, so the names do not depend on how the file ends."""
+    return [line for line in data.split(b"\n") if line.strip()]
+
+
+def batch_names(name: str, data: bytes) -> list[str]:
+    """Every entry name in ``incoming/<name>``: the file itself, or one per batch line."""
+    if not name.endswith(BATCH_SUFFIX):
+        return [name]
+    return [line_name(name, k) for k in range(len(split_batch(data)))]
+
+
+def read_incoming(name: str, data: bytes) -> list[tuple[str, list[str] | None]]:
+    """(entry name, its sinks) of every entry in ``incoming/<name>``, in order; None for a bad
+    one. For readers that only look (status, ``spool list``): the deliverer parses in full."""
+    lines = split_batch(data) if name.endswith(BATCH_SUFFIX) else [data]
+    out: list[tuple[str, list[str] | None]] = []
+    for entry_name, line in zip(batch_names(name, data), lines, strict=True):
+        try:
+            out.append((entry_name, parse_incoming(line)[0]))
+        except BadEntry:
+            out.append((entry_name, None))
+    return out
+
+
+def incoming_names(directory: str) -> list[str]:
+    """The entry and batch files of ``incoming/``, sorted (temp files and others left out)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    wanted = (".json", BATCH_SUFFIX)
+    return sorted(n for n in names if n.endswith(wanted) and not n.startswith("."))
+
+
 def parse_queued(data: bytes) -> dict[str, Any]:
     """``{"event": {...}}`` in ``queue/<sink>/`` (a retried dead letter) -> the event."""
     return check_event(_decode(data).get("event"))
@@ -97,3 +145,16 @@ def reject(state_dir: str, src: str, reason: str) -> None:
         log.warning("cannot write the reason of a rejected entry", error=str(exc))
     os.replace(src, os.path.join(target, base))
     log.error("malformed spool entry moved to rejected/", entry=base, reason=reason)
+
+
+def reject_line(state_dir: str, batch: str, name: str, data: bytes, reason: str) -> None:
+    """Keep one bad line of a batch file in ``rejected/<name>`` (raw), with the reason beside
+    it; the rest of the file is delivered. Raises OSError (the batch file then stays)."""
+    target = spool_dir(state_dir, "rejected")
+    if os.path.exists(os.path.join(target, name)):
+        return  # kept before a restart: the batch file was still waiting for other lines
+    stem = name[: -len(".json")]
+    meta = {"reason": reason, "from": os.path.join("incoming", batch)}
+    write_atomic(os.path.join(target, stem + ".reason"), json.dumps(meta).encode())
+    write_atomic(os.path.join(target, name), data)
+    log.error("malformed line of a batch file moved to rejected/", entry=name, reason=reason)

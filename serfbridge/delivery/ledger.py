@@ -2,11 +2,14 @@
 
 A handler's ``incoming/<entry>.json`` stays where it is, as the one durable record, until every
 sink it names is finished with it; fan-out to N sinks is N positions over that one file, not N
-copies. Each sink appends the names it finished to ``progress/<sink>.done`` (one small write,
-no fsync: a name lost in a power cut means that event is sent again, which at-least-once
-allows), and the entry is unlinked when its last sink is done. ``queue/<sink>/`` still holds
-single-sink entries: dead letters moved back by ``spool retry``, and spools of older versions.
-At start the progress files are cut back to the entries still in ``incoming/``.
+copies. A batch file ``incoming/<stem>.jsonl`` (the stream relay's group commit) is one entry
+per line (``serfbridge.delivery.entries``) and stays until every line is finished for every
+sink. Each sink appends the names it finished to ``progress/<sink>.done`` (one small write per
+batch of sends, no fsync: a name lost in a power cut means that event is sent again, which
+at-least-once allows), and a file is unlinked when its last entry is done. ``queue/<sink>/``
+still holds single-sink entries: dead letters moved back by ``spool retry``, and spools of
+older versions. At start the progress files are cut back to the entries of the files still in
+``incoming/``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class Entry:
     path: str
 
 
+@dataclass
+class SpoolFile:
+    """One file of ``incoming/``: the entry names it holds, and how many are not finished."""
+
+    names: list[str]
+    open: int
+
+
 class Ledger:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
@@ -51,6 +62,7 @@ class Ledger:
         self.seen: set[str] = set()  # incoming names read (kept or rejected)
         self.seen_queued: set[str] = set()
         self.done: dict[str, set[str]] = {}
+        self.files: dict[str, SpoolFile] = {}  # path -> its entries, while some are open
 
     # -- reading the spool ------------------------------------------------------------
     def load_progress(self) -> None:
@@ -61,9 +73,13 @@ class Ledger:
                 self.done[fname[:-5]] = stats.read_done(self.state_dir, fname[:-5])
 
     def compact_progress(self) -> None:
-        """Keep only names still in ``incoming/``: the files stay as small as the backlog."""
+        """Keep only names of files still in ``incoming/``: the progress files stay as small
+        as the backlog. A finished line of a batch file still on disk is kept, or a restart
+        would send it again."""
         with self.lock:
             live = set(self.entries)
+            for spooled in self.files.values():
+                live.update(spooled.names)
             for sink in self.done:
                 self.done[sink] &= live
             keep = {s: sorted(d) for s, d in self.done.items()}
@@ -75,8 +91,11 @@ class Ledger:
                 log.warning("cannot compact a progress file", sink=sink, error=str(exc))
 
     def add_incoming(self, name: str) -> list[str]:
-        """Read ``incoming/<name>``; returns the sinks it is for (empty when gone or bad)."""
-        if name in self.seen or not entries.ENTRY_NAME.fullmatch(name):
+        """Read ``incoming/<name>`` (an entry or a batch file); returns the sinks it has
+        entries for (empty when gone or bad)."""
+        batch = name.endswith(entries.BATCH_SUFFIX)
+        pattern = entries.BATCH_NAME if batch else entries.ENTRY_NAME
+        if name in self.seen or not pattern.fullmatch(name):
             return []
         path = spool_dir(self.state_dir, "incoming", name)
         try:
@@ -85,30 +104,63 @@ class Ledger:
         except FileNotFoundError:
             return []
         self.seen.add(name)
-        try:
-            sinks, event = entries.parse_incoming(data)
-        except entries.BadEntry as exc:
-            entries.reject(self.state_dir, path, str(exc))
-            return []
-        with self.lock:
-            remaining = {s for s in sinks if name not in self.done.get(s, ())}
-            if not remaining:
-                self._unlink(path)
+        if not batch:
+            try:
+                parsed = [(name, entries.parse_incoming(data))]
+            except entries.BadEntry as exc:
+                entries.reject(self.state_dir, path, str(exc))
                 return []
-            self.entries[name] = Entry(event, remaining, path)
-            for sink in remaining:
-                bisect.insort(self.pending.setdefault(sink, []), Item(name, path))
-        return sorted(remaining)
+        else:
+            parsed = self._parse_batch(name, data)
+        names = [n for n, _ in parsed]
+        if batch and len(names) < len(entries.split_batch(data)):
+            names = entries.batch_names(name, data)  # a bad line not yet kept holds the file
+        touched: set[str] = set()
+        with self.lock:
+            spooled = SpoolFile(names, 0)
+            for entry_name, (sinks, event) in parsed:
+                remaining = {s for s in sinks if entry_name not in self.done.get(s, ())}
+                if not remaining:
+                    continue
+                if entry_name in self.entries:
+                    # Only a hand-made file can reuse a name: keep it for after this one.
+                    log.warning("spool entry name taken twice; kept", entry=entry_name)
+                    spooled.open += 1
+                    continue
+                spooled.open += 1
+                self.entries[entry_name] = Entry(event, remaining, path)
+                for sink in remaining:
+                    bisect.insort(self.pending.setdefault(sink, []), Item(entry_name, path))
+                touched |= remaining
+            if spooled.open or len(names) > len(parsed):
+                spooled.open += len(names) - len(parsed)
+                self.files[path] = spooled
+            else:
+                self._unlink(path)
+        return sorted(touched)
+
+    def _parse_batch(self, name: str, data: bytes) -> list[tuple[str, tuple[list[str], Any]]]:
+        """The good lines of a batch file with their entry names; each bad line is kept in
+        ``rejected/`` alone (if that fails, it is left out and the file stays for a restart)."""
+        out: list[tuple[str, tuple[list[str], Any]]] = []
+        for k, line in enumerate(entries.split_batch(data)):
+            entry_name = entries.line_name(name, k)
+            try:
+                out.append((entry_name, entries.parse_incoming(line)))
+            except entries.BadEntry as exc:
+                try:
+                    entries.reject_line(self.state_dir, name, entry_name, line, str(exc))
+                except OSError as err:
+                    log.error("cannot keep a bad batch line", entry=entry_name, error=str(err))
+                    continue
+                out.append((entry_name, ([], {})))  # kept: finished, no sink waits for it
+        return out
 
     def scan_incoming(self) -> list[str]:
         touched: set[str] = set()
-        directory = spool_dir(self.state_dir, "incoming")
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        for name in sorted(n for n in names if n.endswith(".json") and n not in self.seen):
-            touched.update(self.add_incoming(name))
+        for name in entries.incoming_names(spool_dir(self.state_dir, "incoming")):
+            if name not in self.seen:
+                touched.update(self.add_incoming(name))
         return sorted(touched)
 
     def scan_queue(self, sink: str) -> bool:
@@ -177,29 +229,49 @@ class Ledger:
 
     def finish(self, sink: str, item: Item) -> None:
         """The sink is done with ``item`` (delivered or dead-lettered)."""
+        self.finish_many(sink, [item])
+
+    def finish_many(self, sink: str, items: list[Item]) -> None:
+        """The sink is done with ``items``: one progress write for all of them."""
+        progress: list[str] = []
         with self.lock:
-            items = self.pending.get(sink, [])
-            if items and items[0] == item:
-                items.pop(0)
-            elif item in items:
-                items.remove(item)
-            if item.queued:
-                self.queued_events.pop(item.path, None)
-                self.seen_queued.discard(item.path)
-                self._unlink(item.path)
-                return
-            entry = self.entries.get(item.name)
-            if entry is None:
-                return
-            entry.remaining.discard(sink)
-            if not entry.remaining:
+            pending = self.pending.get(sink, [])
+            gone = set(items)
+            if pending[: len(items)] == items:
+                del pending[: len(items)]  # the usual case: the head and those after it
+            else:
+                pending[:] = [i for i in pending if i not in gone]
+            for item in items:
+                if item.queued:
+                    self.queued_events.pop(item.path, None)
+                    self.seen_queued.discard(item.path)
+                    self._unlink(item.path)
+                    continue
+                entry = self.entries.get(item.name)
+                if entry is None or sink not in entry.remaining:
+                    continue
+                entry.remaining.discard(sink)
+                if entry.remaining:
+                    self.done.setdefault(sink, set()).add(item.name)
+                    progress.append(item.name)
+                    continue
                 del self.entries[item.name]
+                spooled = self.files.get(entry.path)
+                if spooled is not None:
+                    spooled.open -= 1
+                    if spooled.open > 0:
+                        # Other lines of this batch file still wait: remember this one.
+                        self.done.setdefault(sink, set()).add(item.name)
+                        progress.append(item.name)
+                        continue
+                    del self.files[entry.path]
                 self._unlink(entry.path)
-                return
-            self.done.setdefault(sink, set()).add(item.name)
+        if not progress:
+            return
         try:
             append_record(
-                spool_dir(self.state_dir, "progress", sink + ".done"), (item.name + "\n").encode()
+                spool_dir(self.state_dir, "progress", sink + ".done"),
+                "".join(n + "\n" for n in progress).encode(),
             )
         except OSError as exc:
             # Not fatal: without the line the event is sent to this sink again after a restart.

@@ -122,17 +122,19 @@ def waiting(
     found: dict[str, list[tuple[str, str, bool]]] = {n: [] for n in names}
     incoming = spool_dir(state_dir, "incoming")
     done_sets: dict[str, set[str]] = {}
-    for name in json_names(incoming):
-        path = os.path.join(incoming, name)
+    for fname in entries.incoming_names(incoming):
+        path = os.path.join(incoming, fname)
         try:
             with open(path, "rb") as fh:
-                targets, _ = entries.parse_incoming(fh.read())
-        except (OSError, ValueError):
+                listed = entries.read_incoming(fname, fh.read())
+        except OSError:
             continue
-        for sink in targets:
-            done = done_sets.setdefault(sink, read_done(state_dir, sink))
-            if name not in done:
-                found.setdefault(sink, []).append((name, path, True))
+        for name, targets in listed:
+            for sink in targets or ():
+                if sink not in done_sets:  # once per sink, not per entry: the file is long
+                    done_sets[sink] = read_done(state_dir, sink)
+                if name not in done_sets[sink]:
+                    found.setdefault(sink, []).append((name, path, True))
     for sink, items in found.items():
         queue = spool_dir(state_dir, "queue", sink)
         items += [(n, os.path.join(queue, n), False) for n in json_names(queue)]

@@ -2,9 +2,17 @@
 
 Instead of one handler process per event, one subscription: each record becomes the same
 version 1 event document the handler builds (same ids, so receivers dedupe across both), is
-routed exactly as the handler routes it (``handler.route``: file sinks inline, the rest
-spooled for the shared deliverer with its retry and dead letter), and queries with a
-``[[responders]]`` entry are answered with ``respond`` on the stream's connection.
+routed as the handler routes it (relay-id repeats dropped, file sinks appended inline, the
+rest spooled for the shared deliverer with its retry and dead letter), and queries with a
+``[[responders]]`` entry are answered with ``respond`` on the stream's connection, once
+their event is durable.
+
+Group commit: the stream's reader thread queues records as the agent sends them; the
+records that arrived while the previous group was being written (up to ``GROUP_MAX``) are
+spooled as one batch file (``spool.capture_many``: one fsync and one wake-up for all of
+them), in order. One file per event cost two fsyncs each and held stream mode to a fraction
+of the agent's rate. A spool that cannot be written (a full disk) is retried with backoff
+while the reader keeps queueing; nothing is dropped.
 
 What it gives up (docs/relay.md): events while the relay is down are not seen, and Serf drops
 stream records past 512 buffered (``Dropping event`` in the agent's log).
@@ -17,7 +25,7 @@ import time
 from typing import Any
 
 from serfbridge import log
-from serfbridge.capture import cache, jsonenc, relay_ids, respond, route
+from serfbridge.capture import cache, jsonenc, relay_ids, respond, route, spool
 from serfbridge.capture import event as parse
 from serfbridge.capture import run as handler
 from serfbridge.config.models import compile_settings
@@ -29,6 +37,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from serfbridge._types import Compiled, EventDoc, Member, Node
     from serfbridge.relay.host import RelayHost
+    from serfbridge.serf.wire import Stream, StreamRecord
+
+#: The most records in one batch file: what the agent may buffer for a stream (Serf drops
+#: records past 512), so one commit takes all the reader queued while the last one ran.
+GROUP_MAX = 512
 
 
 def _node(stats: dict[str, dict[str, str]], tags: dict[str, str]) -> Node:
@@ -118,10 +131,8 @@ class StreamFeeder:
             for record in stream:
                 if self._stop.is_set():
                     return
-                if record.get("Event") == "member-update":
-                    # Our own tags may have changed: SERF_TAG_* would show the new ones.
-                    node = self._refresh(client, node)
-                self._feed(client, record, node)
+                group = [record, *_waiting(stream, GROUP_MAX - 1)]
+                node = self._feed_group(client, group, node)
 
     def _refresh(self, client: SerfRPC, node: Node) -> Node:
         for member in client.members():
@@ -153,26 +164,84 @@ class StreamFeeder:
             return
         log.info("config changed; stream routing reloaded")
 
-    def _feed(self, client: SerfRPC, record: dict[str, Any], node: Node) -> None:
-        found = event_doc(record, node, time.time())
-        if found is None:
-            return
+    def _feed_group(self, client: SerfRPC, group: list[StreamRecord], node: Node) -> Node:
+        """Route the records of one group, spool them with one commit, then answer the
+        queries among them; returns the node as the last member-update left it."""
         self._follow_config()
-        doc, relay_id = found
         metrics = self.relay.metrics
-        metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
-        event_json = jsonenc.dumps(doc)
-        if handler.route_once(self.cfg, doc, event_json, self.relay.config_path, relay_id) is None:
-            metrics.inc("serfbridge_relay_stream_repeats_total")
-            return
-        if doc["event"] != "query":
-            return
+        items: list[tuple[list[str], str]] = []
+        ids: list[str] = []  # relay ids recorded as seen, forgotten if the commit fails
+        queries: list[tuple[int, EventDoc, str]] = []
+        for record in group:
+            if record.get("Event") == "member-update":
+                # Our own tags may have changed: SERF_TAG_* would show the new ones.
+                node = self._refresh(client, node)
+            found = event_doc(record, node, time.time())
+            if found is None:
+                continue
+            doc, relay_id = found
+            metrics.inc("serfbridge_relay_stream_events_total", event=doc["event"])
+            event_json = jsonenc.dumps(doc)
+            if relay_id is not None:
+                if not handler.first_time(self.cfg, doc, relay_id):
+                    metrics.inc("serfbridge_relay_stream_repeats_total")
+                    continue
+                ids.append(relay_id)
+            spooled = handler.inline_files(self.cfg, doc, event_json)
+            if spooled:
+                items.append((spooled, event_json))
+            if doc["event"] == "query":
+                queries.append((int(record.get("ID") or 0), doc, event_json))
+        if items and not self._commit(items, ids):
+            return node
+        for query_id, doc, event_json in queries:
+            self._answer(client, query_id, doc, event_json)
+        return node
+
+    def _commit(self, items: list[tuple[list[str], str]], ids: list[str]) -> bool:
+        """Spool ``items`` as one batch file and wake the deliverer; an error is retried
+        until it succeeds or the relay stops (False: then the events are lost, and said so)."""
+        state_dir = self.cfg["state_dir"]
+        retry = Backoff(0.05, 5.0)
+        while True:
+            try:
+                entry = spool.capture_many(state_dir, items)
+                break
+            except OSError as exc:
+                if self._stop.is_set():
+                    log.error("relay stopping: stream events not spooled", events=len(items),
+                              error=str(exc))  # fmt: skip
+                    for relay_id in ids:
+                        handler.forget(self.cfg, relay_id)
+                    return False
+                delay = retry.failed()
+                log.error("cannot spool stream events; retrying", events=len(items),
+                          error=str(exc), retry_in=f"{delay:.2f}s")  # fmt: skip
+                self._stop.wait(delay)
+        handler.hand_over(self.cfg, entry, self.relay.config_path, ".jsonl")
+        return True
+
+    def _answer(self, client: SerfRPC, query_id: int, doc: EventDoc, event_json: str) -> None:
         responder = route.responder_for(self.cfg, doc)
         if responder is None:
             return
         limit = self.cfg["query_response_size_limit"]
         answer = respond.answer(responder, doc, event_json, limit)
         try:
-            client.respond(int(record.get("ID") or 0), answer)
+            client.respond(query_id, answer)
         except SerfError as exc:
             log.warning("query response not sent", query=doc["name"], error=str(exc))
+
+
+def _waiting(stream: Stream, limit: int) -> list[StreamRecord]:
+    """Up to ``limit`` records already received, without waiting for more."""
+    out: list[StreamRecord] = []
+    try:
+        while len(out) < limit:
+            record = stream.get(0)
+            if record is None:
+                break
+            out.append(record)
+    except SerfError:
+        pass  # the stream ended: the records taken are still fed; the next read raises
+    return out

@@ -121,10 +121,19 @@ def capture_only(
     try:
 
         def entries() -> int:
+            """Entries in the spool: a file each, or a line each of a batch file."""
             try:
-                return sum(1 for name in os.listdir(incoming) if name.endswith(".json"))
+                names = os.listdir(incoming)
             except FileNotFoundError:
                 return 0
+            total = sum(1 for name in names if name.endswith(".json"))
+            for name in names:
+                if name.endswith(".jsonl"):
+                    try:
+                        total += (incoming / name).read_bytes().count(b"\n")
+                    except FileNotFoundError:
+                        pass
+            return total
 
         deadline = time.monotonic() + 60
         while entries() < 1 and time.monotonic() < deadline:
