@@ -195,8 +195,13 @@ class Deliverer:
         except OSError as exc:
             log.warning("cannot write the metrics textfile", error=str(exc))
 
-    def snapshot(self) -> dict[str, Any]:
-        return stats.snapshot(self.state_dir, list(self.workers))
+    def snapshot(self, configured: list[str] | None = None) -> dict[str, Any]:
+        """From the ledger: reading the spool would mean every entry of a backlog, each time."""
+        sinks = set(self.workers if configured is None else configured) | set(self.ledger.sinks())
+        ledger = self.ledger
+        return stats.summary(
+            self.state_dir, {s: (ledger.count(s), ledger.oldest(s) or "") for s in sinks}
+        )
 
     def run(self) -> None:
         """Deliver until the spool has been empty for ``linger`` seconds (or, draining, until
@@ -222,7 +227,7 @@ class Deliverer:
 
     def _textfile_final(self) -> None:
         try:
-            snap = stats.snapshot(self.state_dir, [s.name for s in self.settings.effective_sinks()])
+            snap = self.snapshot([s.name for s in self.settings.effective_sinks()])
             stats.write_textfile(self.state_dir, stats.render(snap, self.counters.copy(), False))
             self.counters.save()
         except OSError as exc:

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +225,52 @@ class Ledger:
             pass
         except OSError as exc:
             log.warning("cannot remove a delivered entry", path=path, error=str(exc))
+
+    def finish_many(self, sink: str, items: Sequence[Item]) -> None:
+        """``finish`` for a batch the sink acknowledged, oldest first: one lock, one progress
+        append and then the unlinks, outside the lock so the other sinks' workers go on.
+
+        The names are recorded for entries this sink was the last one of too: an entry
+        whose unlink a crash cut off is then recognised as done at the next start instead of
+        being sent again."""
+        if not items:
+            return
+        names: list[str] = []
+        unlink: list[str] = []
+        with self.lock:
+            waiting = self.pending.get(sink, [])
+            if waiting[: len(items)] == list(items):
+                del waiting[: len(items)]
+            else:
+                gone = set(items)
+                waiting[:] = [i for i in waiting if i not in gone]
+            for item in items:
+                if item.queued:
+                    self.queued_events.pop(item.path, None)
+                    self.seen_queued.discard(item.path)
+                    unlink.append(item.path)
+                    continue
+                entry = self.entries.get(item.name)
+                if entry is None:
+                    continue
+                entry.remaining.discard(sink)
+                names.append(item.name)
+                if entry.remaining:
+                    self.done.setdefault(sink, set()).add(item.name)
+                else:
+                    del self.entries[item.name]
+                    unlink.append(entry.path)
+        if names:
+            try:
+                append_record(
+                    spool_dir(self.state_dir, "progress", sink + ".done"),
+                    "".join(n + "\n" for n in names).encode(),
+                )
+            except OSError as exc:
+                # Not fatal: without the lines these events are sent again after a restart.
+                log.warning("cannot record delivery progress", sink=sink, error=str(exc))
+        for path in unlink:
+            self._unlink(path)
 
 
 def dead_letter(

@@ -210,8 +210,7 @@ class SinkWorker:
         if not sent:
             return 1.0  # stopping while paced
         self._parts = None
-        for done in sent:
-            self.ledger.finish(self.name, done)
+        self.ledger.finish_many(self.name, sent)
         self.counters.inc("delivered", self.name, len(sent))
         self.delivered += len(sent)
         log.debug("delivered", sink=self.name, entry=item.name, entries=len(sent))
