@@ -16,7 +16,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,13 +226,16 @@ class Ledger:
         except OSError as exc:
             log.warning("cannot remove a delivered entry", path=path, error=str(exc))
 
-    def finish_many(self, sink: str, items: Sequence[Item]) -> None:
+    def finish_many(
+        self, sink: str, items: Sequence[Item], remove: Callable[[list[str]], None] | None = None
+    ) -> None:
         """``finish`` for a batch the sink acknowledged, oldest first: one lock, one progress
-        append and then the unlinks, outside the lock so the other sinks' workers go on.
+        append, then the entries done for every sink are removed, outside the lock (by
+        ``remove``, e.g. the deliverer's reaper thread, or here).
 
         The names are recorded for entries this sink was the last one of too: an entry
-        whose unlink a crash cut off is then recognised as done at the next start instead of
-        being sent again."""
+        whose removal a crash cut off is then recognised as done at the next start instead
+        of being sent again."""
         if not items:
             return
         names: list[str] = []
@@ -269,6 +272,9 @@ class Ledger:
             except OSError as exc:
                 # Not fatal: without the lines these events are sent again after a restart.
                 log.warning("cannot record delivery progress", sink=sink, error=str(exc))
+        if remove is not None:
+            remove(unlink)
+            return
         for path in unlink:
             self._unlink(path)
 

@@ -30,6 +30,7 @@ from serfbridge.config.models import DeliveryConfig
 from serfbridge.delivery import once, probe
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.delivery.ledger import Item, Ledger, dead_letter
+from serfbridge.delivery.reaper import Reaper
 from serfbridge.delivery.stats import Counters
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
@@ -88,6 +89,7 @@ class SinkWorker:
     delivered: int = 0
     failed: bool = False
     reopen: bool = False  # the config changed: close and reopen before the next send
+    reaper: Reaper | None = None  # removes delivered entries; None: this thread does
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
     _sink: Any = field(default=None, repr=False)
     _state: HeadState = field(default_factory=HeadState, repr=False)
@@ -210,7 +212,7 @@ class SinkWorker:
         if not sent:
             return 1.0  # stopping while paced
         self._parts = None
-        self.ledger.finish_many(self.name, sent)
+        self.ledger.finish_many(self.name, sent, self.reaper.remove if self.reaper else None)
         self.counters.inc("delivered", self.name, len(sent))
         self.delivered += len(sent)
         log.debug("delivered", sink=self.name, entry=item.name, entries=len(sent))
