@@ -24,6 +24,7 @@ from support.proc import clean_environ
 from serfbridge.capture import jsonenc, spool
 from serfbridge.capture.event import parse_event
 from serfbridge.delivery import stats
+from serfbridge.delivery.ledger import Ledger
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -192,3 +193,23 @@ def test_spool_status_reads_each_progress_file_once(
     snap = stats.snapshot(str(node.state), ["a", "b"])
     assert sorted(reads) == ["a", "b"]
     assert (snap["sinks"]["a"]["queued"], snap["sinks"]["b"]["queued"]) == (40, 50)
+
+
+def test_an_entry_whose_unlink_was_cut_off_is_not_sent_again(tmp_path: Path) -> None:
+    """The reaper had not removed a delivered batch yet when the process died: the next
+    start finds every sink's progress naming those entries, removes them and sends none."""
+    node = BridgeNode(tmp_path, "n1")
+    names = capture(node, ["a", "b"], 5)
+    ledger = Ledger(str(node.state))
+    ledger.load_progress()
+    ledger.scan_incoming()
+    for sink in ("a", "b"):
+        batch = [item for item, _ in ledger.first(sink, 3)]
+        ledger.finish_many(sink, batch, remove=lambda _paths: None)  # killed before unlinking
+    assert spool_files(node, "incoming") == names
+    restarted = Ledger(str(node.state))
+    restarted.load_progress()
+    assert restarted.scan_incoming() == ["a", "b"]
+    assert [item.name for item, _ in restarted.first("a", 10)] == names[3:]
+    assert [item.name for item, _ in restarted.first("b", 10)] == names[3:]
+    assert spool_files(node, "incoming") == names[3:]

@@ -6,10 +6,12 @@ Per sink, the oldest waiting entry is the head: it is sent until it succeeds, is
 (``serfbridge.delivery.backoff``) or what the receiver's ``Retry-After`` asked for; while it
 waits, a cheap probe (``serfbridge.delivery.probe``) ends the wait as soon as the receiver is
 back. A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
-``digest_size``, ``send_digest``); a failure counts against the head alone. Errors that are
-bugs (anything that is not a sink, network or disk error) are logged with their traceback
-and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever. A failure here,
-including the ``once`` decision, never reaches another sink's thread.
+``digest_size``, ``send_digest``); a failure counts against the head alone. What a send or a
+batch delivered is finished at once (``Ledger.finish_many``: one progress append per batch);
+the entries no other sink waits for are unlinked by the deliverer's reaper thread meanwhile.
+Errors that are bugs (anything that is not a sink, network or disk error) are logged with
+their traceback and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever. A
+failure here, including the ``once`` decision, never reaches another sink's thread.
 """
 
 from __future__ import annotations
