@@ -30,6 +30,7 @@ from serfbridge.config.models import Settings, load_for
 from serfbridge.delivery import entries, once, stats
 from serfbridge.delivery.entries import valid_sink_name
 from serfbridge.delivery.ledger import Ledger, dead_letter
+from serfbridge.delivery.reaper import Reaper
 from serfbridge.delivery.wake import RESCAN, WakeSocket
 from serfbridge.delivery.worker import SinkWorker, canonical
 from serfbridge.errors import ConfigError
@@ -53,6 +54,7 @@ class Deliverer:
         self.counters = stats.Counters(self.state_dir)
         self.workers: dict[str, SinkWorker] = {}
         self.threads: dict[str, threading.Thread] = {}
+        self.reaper: Reaper | None = None  # while running
         self._fingerprint = self._current_fingerprint()
         self._membership = once.Membership(settings.serf)
 
@@ -111,6 +113,7 @@ class Deliverer:
             self._membership,
             drain=self.drain,
             wake_all=self.wake_all,
+            reaper=self.reaper,
         )
         self.ledger.scan_queue(worker.name)
         self.workers[worker.name] = worker
@@ -195,8 +198,13 @@ class Deliverer:
         except OSError as exc:
             log.warning("cannot write the metrics textfile", error=str(exc))
 
-    def snapshot(self) -> dict[str, Any]:
-        return stats.snapshot(self.state_dir, list(self.workers))
+    def snapshot(self, configured: list[str] | None = None) -> dict[str, Any]:
+        """From the ledger: reading the spool would mean every entry of a backlog, each time."""
+        sinks = set(self.workers if configured is None else configured) | set(self.ledger.sinks())
+        ledger = self.ledger
+        return stats.summary(
+            self.state_dir, {s: (ledger.count(s), ledger.oldest(s) or "") for s in sinks}
+        )
 
     def run(self) -> None:
         """Deliver until the spool has been empty for ``linger`` seconds (or, draining, until
@@ -208,6 +216,7 @@ class Deliverer:
             self.ledger.load_progress()
             self.ledger.scan_incoming()
             self.ledger.compact_progress()
+            self.reaper = Reaper()
             self._apply()
             self._loop(wake)
         finally:
@@ -218,11 +227,13 @@ class Deliverer:
                 worker.stop.set()
                 worker.nudge.set()
                 self.threads.pop(name).join(timeout=30.0)
+            if self.reaper is not None:
+                self.reaper.close()
             self._textfile_final()
 
     def _textfile_final(self) -> None:
         try:
-            snap = stats.snapshot(self.state_dir, [s.name for s in self.settings.effective_sinks()])
+            snap = self.snapshot([s.name for s in self.settings.effective_sinks()])
             stats.write_textfile(self.state_dir, stats.render(snap, self.counters.copy(), False))
             self.counters.save()
         except OSError as exc:
@@ -261,6 +272,8 @@ class Deliverer:
             empty = self.ledger.empty()
             if empty and not was_empty:
                 self.wake_all.clear() if not self.drain else None
+                if self.reaper is not None:
+                    self.reaper.settle()
                 self.ledger.compact_progress()
             was_empty = empty
             if not empty:

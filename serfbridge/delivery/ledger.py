@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +131,7 @@ class Ledger:
                 spooled.open += 1
                 self.entries[entry_name] = Entry(event, remaining, path)
                 for sink in remaining:
-                    bisect.insort(self.pending.setdefault(sink, []), Item(entry_name, path))
+                    _insert(self.pending.setdefault(sink, []), Item(entry_name, path))
                 touched |= remaining
             if spooled.open or len(names) > len(parsed):
                 spooled.open += len(names) - len(parsed)
@@ -231,52 +232,6 @@ class Ledger:
         """The sink is done with ``item`` (delivered or dead-lettered)."""
         self.finish_many(sink, [item])
 
-    def finish_many(self, sink: str, items: list[Item]) -> None:
-        """The sink is done with ``items``: one progress write for all of them."""
-        progress: list[str] = []
-        with self.lock:
-            pending = self.pending.get(sink, [])
-            gone = set(items)
-            if pending[: len(items)] == items:
-                del pending[: len(items)]  # the usual case: the head and those after it
-            else:
-                pending[:] = [i for i in pending if i not in gone]
-            for item in items:
-                if item.queued:
-                    self.queued_events.pop(item.path, None)
-                    self.seen_queued.discard(item.path)
-                    self._unlink(item.path)
-                    continue
-                entry = self.entries.get(item.name)
-                if entry is None or sink not in entry.remaining:
-                    continue
-                entry.remaining.discard(sink)
-                if entry.remaining:
-                    self.done.setdefault(sink, set()).add(item.name)
-                    progress.append(item.name)
-                    continue
-                del self.entries[item.name]
-                spooled = self.files.get(entry.path)
-                if spooled is not None:
-                    spooled.open -= 1
-                    if spooled.open > 0:
-                        # Other lines of this batch file still wait: remember this one.
-                        self.done.setdefault(sink, set()).add(item.name)
-                        progress.append(item.name)
-                        continue
-                    del self.files[entry.path]
-                self._unlink(entry.path)
-        if not progress:
-            return
-        try:
-            append_record(
-                spool_dir(self.state_dir, "progress", sink + ".done"),
-                "".join(n + "\n" for n in progress).encode(),
-            )
-        except OSError as exc:
-            # Not fatal: without the line the event is sent to this sink again after a restart.
-            log.warning("cannot record delivery progress", sink=sink, error=str(exc))
-
     def take_all(self, sink: str) -> list[tuple[Item, dict[str, Any]]]:
         with self.lock:
             items = self.pending.pop(sink, [])
@@ -296,6 +251,89 @@ class Ledger:
             pass
         except OSError as exc:
             log.warning("cannot remove a delivered entry", path=path, error=str(exc))
+
+    def _file_done(self, path: str) -> bool:
+        """One more entry of ``path`` is finished for every sink; True when it was the file's
+        last (under the lock)."""
+        spooled = self.files.get(path)
+        if spooled is None:
+            return True
+        spooled.open -= 1
+        if spooled.open > 0:
+            return False
+        del self.files[path]
+        return True
+
+    def _finish_locked(self, sink: str, items: Sequence[Item]) -> tuple[list[str], list[str]]:
+        """``finish_many``'s bookkeeping, under the lock: the names to record as done and the
+        files no sink needs any more."""
+        names: list[str] = []
+        unlink: list[str] = []
+        waiting = self.pending.get(sink, [])
+        if waiting[: len(items)] == list(items):
+            del waiting[: len(items)]
+        else:
+            gone = set(items)
+            waiting[:] = [i for i in waiting if i not in gone]
+        for item in items:
+            if item.queued:
+                self.queued_events.pop(item.path, None)
+                self.seen_queued.discard(item.path)
+                unlink.append(item.path)
+                continue
+            entry = self.entries.get(item.name)
+            if entry is None:
+                continue
+            entry.remaining.discard(sink)
+            names.append(item.name)
+            if entry.remaining:
+                self.done.setdefault(sink, set()).add(item.name)
+                continue
+            del self.entries[item.name]
+            if self._file_done(entry.path):
+                unlink.append(entry.path)
+            else:
+                # Other lines of this batch file still wait: remember this one.
+                self.done.setdefault(sink, set()).add(item.name)
+        return names, unlink
+
+    def finish_many(
+        self, sink: str, items: Sequence[Item], remove: Callable[[list[str]], None] | None = None
+    ) -> None:
+        """``finish`` for a batch the sink acknowledged, oldest first: one lock, one progress
+        append, then the entries done for every sink are removed, outside the lock (by
+        ``remove``, e.g. the deliverer's reaper thread, or here).
+
+        The names are recorded for entries this sink was the last one of too: an entry
+        whose removal a crash cut off is then recognised as done at the next start instead
+        of being sent again."""
+        if not items:
+            return
+        with self.lock:
+            names, unlink = self._finish_locked(sink, items)
+        if names:
+            try:
+                append_record(
+                    spool_dir(self.state_dir, "progress", sink + ".done"),
+                    "".join(n + "\n" for n in names).encode(),
+                )
+            except OSError as exc:
+                # Not fatal: without the lines these events are sent again after a restart.
+                log.warning("cannot record delivery progress", sink=sink, error=str(exc))
+        if remove is not None:
+            remove(unlink)
+            return
+        for path in unlink:
+            self._unlink(path)
+
+
+def _insert(items: list[Item], item: Item) -> None:
+    """Keep ``items`` sorted. Names are capture times, so a new entry nearly always sorts
+    last: reading a backlog of 10,000 then costs no comparisons of ``Item``s."""
+    if not items or items[-1].name < item.name:
+        items.append(item)
+    else:
+        bisect.insort(items, item)
 
 
 def dead_letter(

@@ -144,15 +144,31 @@ def waiting(
 
 def snapshot(state_dir: str, configured: list[str], now: float | None = None) -> dict[str, Any]:
     """Per sink: queued, oldest_age, attempts, last_error, dead; and the rejected count."""
+    found = waiting(state_dir, configured)
+    return summary(state_dir, {s: (len(i), i[0][0] if i else "") for s, i in found.items()}, now)
+
+
+def summary(
+    state_dir: str, queued: dict[str, tuple[int, str]], now: float | None = None
+) -> dict[str, Any]:
+    """``snapshot`` from what waits per sink, ``(count, oldest entry name)``: the deliverer
+    knows that without reading the spool. Sinks with only dead letters are added."""
     now = time.time() if now is None else now
+    queued = dict(queued)
+    for kind in ("queue", "dead"):
+        root = spool_dir(state_dir, kind)
+        if os.path.isdir(root):
+            for name in os.listdir(root):
+                if entries.valid_sink_name(name):
+                    queued.setdefault(name, (0, ""))
     sinks: dict[str, Any] = {}
-    for sink, items in sorted(waiting(state_dir, configured).items()):
+    for sink, (count, first) in sorted(queued.items()):
         head = _head_info(spool_dir(state_dir, "queue", sink))
-        same_head = bool(items) and head.get("name") == items[0][0]
-        oldest = entry_time(items[0][0]) if items else 0.0
+        same_head = bool(count) and head.get("name") == first
+        oldest = entry_time(first) if count else 0.0
         sinks[sink] = {
-            "queued": len(items),
-            "oldest_age": round(max(0.0, now - oldest), 3) if items and oldest else 0.0,
+            "queued": count,
+            "oldest_age": round(max(0.0, now - oldest), 3) if count and oldest else 0.0,
             "attempts": int(head.get("attempts", 0)) if same_head else 0,
             "last_error": str(head.get("last_error", "")) if same_head else "",
             "dead": len(json_names(spool_dir(state_dir, "dead", sink))),

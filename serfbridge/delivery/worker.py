@@ -6,10 +6,12 @@ Per sink, the oldest waiting entry is the head: it is sent until it succeeds, is
 (``serfbridge.delivery.backoff``) or what the receiver's ``Retry-After`` asked for; while it
 waits, a cheap probe (``serfbridge.delivery.probe``) ends the wait as soon as the receiver is
 back. A paced sink (chat) may take several entries as one digest message (``Sink.pace``,
-``digest_size``, ``send_digest``); a failure counts against the head alone. Errors that are
-bugs (anything that is not a sink, network or disk error) are logged with their traceback
-and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever. A failure here,
-including the ``once`` decision, never reaches another sink's thread.
+``digest_size``, ``send_digest``); a failure counts against the head alone. What a send or a
+batch delivered is finished at once (``Ledger.finish_many``: one progress append per batch);
+the entries no other sink waits for are unlinked by the deliverer's reaper thread meanwhile.
+Errors that are bugs (anything that is not a sink, network or disk error) are logged with
+their traceback and dead-letter the entry after ``BUG_ATTEMPTS``, never retried forever. A
+failure here, including the ``once`` decision, never reaches another sink's thread.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from serfbridge.config.models import DeliveryConfig
 from serfbridge.delivery import once, probe
 from serfbridge.delivery.backoff import Backoff
 from serfbridge.delivery.ledger import Item, Ledger, dead_letter
+from serfbridge.delivery.reaper import Reaper
 from serfbridge.delivery.stats import Counters
 from serfbridge.errors import SinkError
 from serfbridge.sinks import sink_class
@@ -88,6 +91,7 @@ class SinkWorker:
     delivered: int = 0
     failed: bool = False
     reopen: bool = False  # the config changed: close and reopen before the next send
+    reaper: Reaper | None = None  # removes delivered entries; None: this thread does
     nudge: threading.Event = field(default_factory=threading.Event, repr=False)
     _sink: Any = field(default=None, repr=False)
     _state: HeadState = field(default_factory=HeadState, repr=False)
@@ -210,7 +214,7 @@ class SinkWorker:
         if not sent:
             return 1.0  # stopping while paced
         self._parts = None
-        self.ledger.finish_many(self.name, sent)
+        self.ledger.finish_many(self.name, sent, self.reaper.remove if self.reaper else None)
         self.counters.inc("delivered", self.name, len(sent))
         self.delivered += len(sent)
         log.debug("delivered", sink=self.name, entry=item.name, entries=len(sent))

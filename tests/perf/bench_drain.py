@@ -6,25 +6,31 @@ subscriber in their own process (``collector.py``), ``redis-server`` and ``mosqu
 Then:
 
 1. **outage**: N events are captured into the spool exactly as the handler does it
-   (``spool.capture``: write, fsync, rename) for four sinks (webhook, a second webhook with
-   ``max_in_flight = 4`` on its own receiver, Redis stream, MQTT QoS 1) whose servers are
-   all down, and ``serfbridge flush`` runs once: it fans the
-   entries out into one queue per sink, tries each head once and fails;
+   (``spool.capture``: write, fsync, rename into ``incoming/``) for four sinks (webhook, a
+   second webhook with ``max_in_flight = 4`` on its own receiver, Redis stream, MQTT QoS 1)
+   whose servers are all down, and ``serfbridge flush`` runs once: it reads the backlog,
+   tries each sink's head once and fails. Nothing is copied: each event stays one
+   ``incoming/`` file until its last sink is done with it;
 2. per sink, the server comes back and two rows are measured, one after the other:
    the **bare loop**, the sink's client library sending the same N bodies one by one over
    one connection (httpx keep-alive POST; redis-py ``XADD``; paho ``publish`` QoS 1 and wait
-   for the PUBACK), and **serfbridge**, ``serfbridge flush`` draining that sink's queue;
-   both checked at the receiver: every event, once, in capture order;
+   for the PUBACK), and **serfbridge**, ``serfbridge flush`` draining that sink's backlog
+   (the sinks still down fail their head once and wait); both checked at the receiver:
+   every event, once, in capture order. The sinks come back in the order of the table, so
+   the rows before MQTT each record their progress (``progress/<sink>.done``) and the MQTT
+   row, the last sink of every entry, also removes the 10,000 entries;
 3. a ``flush`` with nothing queued: the fixed start-up cost inside the serfbridge rows.
 
 Rates of the serfbridge rows are N / the wall time of the ``flush`` process, start-up
 included; ``peak RSS`` and ``CPU`` come from ``wait4``. Ceiling rows show what the client
 library does with its own batching (a redis-py pipeline; paho with 20 PUBLISHes in flight).
+``--compare DIR`` runs a second source tree (``git archive main | tar -x -C DIR``) on its
+own copy of the backlog in the same run, its flush right before this tree's in each step.
 Nothing here is asserted by the tests; compare rows within one run.
 
 Usage::
 
-    python tests/perf/bench_drain.py [--events 10000] [--profile DIR] [--keep]
+    python tests/perf/bench_drain.py [--events 10000] [--compare DIR] [--profile DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,24 +67,37 @@ WAIT = 600.0  # any one step; the loops are bounded by --events
 
 
 def write_config(
-    work: Path, http: int, http4: int, redis_url: str, mqtt: int, in_flight: bool
+    work: Path, tag: str, http: int, http4: int, redis_url: str, mqtt: int, in_flight: bool
 ) -> Path:
-    config = work / "drain.toml"
+    config = work / f"drain-{tag}.toml"
     hook4 = (
         f'[[sinks]]\ntype = "webhook"\nname = "hook4"\nurl = "http://127.0.0.1:{http4}/hook4"\n'
         "max_in_flight = 4\n"
     )
     config.write_text(
-        f'state_dir = "{work / "state"}"\nlog_file = "{work / "serfbridge.log"}"\n'
+        f'state_dir = "{work / ("state-" + tag)}"\nlog_file = "{work / "serfbridge.log"}"\n'
         'log_level = "warning"\n'
         f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "http://127.0.0.1:{http}/hook"\n'
         + (hook4 if in_flight else "")
-        + f'[[sinks]]\ntype = "redis"\nname = "redis"\nurl = "{redis_url}"\nstream = "bench"\n'
-        "maxlen = 1000000\n"
+        + f'[[sinks]]\ntype = "redis"\nname = "redis"\nurl = "{redis_url}"\n'
+        f'stream = "bench-{tag}"\nmaxlen = 1000000\n'
         f'[[sinks]]\ntype = "mqtt"\nname = "mqtt"\nurl = "mqtt://127.0.0.1:{mqtt}"\n'
         'topic = "bench/{event}"\nqos = 1\n'
     )
     return config
+
+
+@dataclass
+class Tree:
+    """One serfbridge source tree under test, with its own spool and config."""
+
+    label: str  # "" for this checkout
+    source: str | None
+    config: Path
+    state: Path
+
+    def row(self, what: str) -> str:
+        return f"{what} [{self.label}]" if self.label else what
 
 
 def bare_http(url: str, bodies: list[bytes]) -> float:
@@ -139,9 +159,44 @@ def bare_mqtt(port: int, bodies: list[bytes], window: bool = False) -> float:
     return seconds
 
 
+def print_table(
+    n: int,
+    rows: list[tuple[str, str, float, Run, str]],
+    trees: list[Tree],
+    idle: dict[str, Run],
+    left: dict[str, int],
+) -> None:
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}, {n} events per row; entries "
+          f"left in incoming/ after the last drain: {left}\n")  # fmt: skip
+    print("| sink | path | seconds | events/s | x bare loop | in order, none lost | "
+          "CPU s | CPU ms/event | peak RSS |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|")
+    base: dict[str, float] = {}
+    for sink, label, seconds, run, check in rows:
+        rate = n / seconds
+        if label.startswith("bare"):
+            base[sink] = rate
+        rss = f"{run.rss_mb:.0f} MB" if run.rss_mb else ""
+        print(f"| {sink} | {label} | {seconds:.2f} | {rate:.0f} | {rate / base[sink]:.2f} | "
+              f"{check} | {run.cpu:.1f} | {1000 * run.cpu / n:.2f} | {rss} |")  # fmt: skip
+    for tree in trees:
+        run = idle[tree.label]
+        print(f"| - | {tree.row('serfbridge flush, nothing queued (start-up)')} | "
+              f"{run.seconds:.2f} | | | | {run.cpu:.1f} | | {run.rss_mb:.0f} MB |")  # fmt: skip
+    print(
+        "\nCPU s: the flush process (wait4), or this process around the bare loop; the "
+        "receivers run elsewhere."
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument(
+        "--compare", type=Path, help="also run this source tree's flush, e.g. main's code"
+    )
+    parser.add_argument("--compare-label", default="main", help="its rows' label")
     parser.add_argument(
         "--profile", type=Path, help="py-spy profile of each flush into this directory"
     )
@@ -159,38 +214,43 @@ def main() -> int:
     rserver = RedisServer(work / "redis")
     broker = Mosquitto(work / "mqtt", extra_config=["max_queued_messages 0"])
     http4_port = free_port()
-    config = write_config(
-        work, http_port, http4_port, rserver.url, broker.port, not args.no_in_flight
-    )
+    ports = (http_port, http4_port, rserver.url, broker.port, not args.no_in_flight)
+    trees = [Tree("", None, write_config(work, "now", *ports), work / "state-now")]
+    if args.compare:
+        source = str(args.compare.resolve())
+        label = args.compare_label
+        tree = Tree(label, source, write_config(work, label, *ports), work / f"state-{label}")
+        trees.insert(0, tree)
     sinks = [s for s in SINKS if s != "hook4" or not args.no_in_flight]
     log = work / "flush.log"
     rows: list[tuple[str, str, float, Run, str]] = []
 
-    def flush(label: str) -> Run:
-        profile = args.profile / f"flush-{label}.txt" if args.profile else None
-        if profile:
+    def flush(tree: Tree, label: str) -> Run:
+        profile = None
+        if args.profile:
+            profile = args.profile / f"flush-{label}{'-' + tree.label if tree.label else ''}.txt"
             profile.parent.mkdir(parents=True, exist_ok=True)
-        return run_measured(serfbridge_argv(config, "flush", profile=profile), log)
+        argv = serfbridge_argv(tree.config, "flush", profile=profile)
+        return run_measured(argv, log, tree.source)
+
+    def waiting(tree: Tree) -> int:
+        incoming = tree.state / "spool/incoming"
+        return sum(1 for name in os.listdir(incoming) if name.endswith(".json"))
 
     try:
         events = user_events(n, "d")
         expected = [doc["id"] for doc, _ in events]
         bodies = [text.encode() for _, text in events]
-        state = str(work / "state")
-        started = time.perf_counter()
-        for _, text in events:
-            spool.capture(state, sinks, text)
-        captured = time.perf_counter() - started
-        outage = flush("outage")
-        queued = sum(
-            1
-            for sink in sinks
-            for name in os.listdir(work / "state/spool/queue" / sink)
-            if not name.startswith(".")
-        )
-        print(f"spooled {n} events in {captured:.1f}s ({n / captured:.0f}/s, spool.capture); "
-              f"outage flush fanned out {queued} entries in {outage.seconds:.1f}s "
-              f"(peak RSS {outage.rss_mb:.0f} MB)", file=sys.stderr)  # fmt: skip
+        for tree in trees:
+            started = time.perf_counter()
+            for _, text in events:
+                spool.capture(str(tree.state), sinks, text)
+            captured = time.perf_counter() - started
+            outage = flush(tree, "outage")
+            print(f"{tree.row('spool')}: {n} events captured in {captured:.1f}s "
+                  f"({n / captured:.0f}/s, spool.capture); the outage flush left "
+                  f"{waiting(tree)} entries in incoming/ after {outage.seconds:.1f}s "
+                  f"(peak RSS {outage.rss_mb:.0f} MB)", file=sys.stderr)  # fmt: skip
 
         def bare(sink: str, label: str, send: Any, received: Any) -> None:
             cpu = time.process_time()
@@ -198,36 +258,37 @@ def main() -> int:
             used = Run(seconds, time.process_time() - cpu, 0.0, 0)
             rows.append((sink, label, seconds, used, order_check(expected, received())))
 
-        def drain(sink: str, received: Any) -> None:
-            run = flush(sink)
-            rows.append(
-                (sink, "serfbridge flush", run.seconds, run, order_check(expected, received()))
-            )
+        def drain(sink: str, label: str, received: Any, what: str = "serfbridge flush") -> None:
+            for tree in trees:
+                run = flush(tree, label)
+                check = order_check(expected, received(tree))
+                rows.append((sink, tree.row(what), run.seconds, run, check))
 
-        def http_ids() -> list[str]:
+        def http_ids(_tree: Tree | None = None) -> list[str]:
             return [i for i, _, _ in collector.ids()["http"]]
 
-        def mqtt_ids() -> list[str]:
+        def mqtt_ids(_tree: Tree | None = None) -> list[str]:
             wait_until(lambda: collector.counts()[1] >= n, 60, f"{n} MQTT messages")
             time.sleep(0.2)  # duplicates, if any, arrive too
             return [i for i, _, _ in collector.ids()["mqtt"]]
+
+        def stream_ids(tree: Tree) -> list[str]:
+            return redis_ids(rserver.url, f"bench-{tree.label or 'now'}")
 
         collector.http(http_port)
         url = f"http://127.0.0.1:{http_port}/hook"
         bare("webhook", "bare loop: httpx, one keep-alive connection",
              lambda: bare_http(url, bodies), http_ids)  # fmt: skip
-        drain("webhook", http_ids)
+        drain("webhook", "webhook", http_ids)
         if not args.no_in_flight:
             collector.http(http4_port)
-            run = flush("webhook4")
-            rows.append(("webhook", "serfbridge flush, max_in_flight = 4", run.seconds, run,
-                         order_check(expected, http_ids())))  # fmt: skip
+            drain("webhook", "webhook4", http_ids, "serfbridge flush, max_in_flight = 4")
 
         rserver.start()
         bare_ids = lambda: redis_ids(rserver.url, "bare")  # noqa: E731
         bare("redis", "bare loop: redis-py XADD, no pipeline",
              lambda: bare_redis(rserver.url, events), bare_ids)  # fmt: skip
-        drain("redis", lambda: redis_ids(rserver.url, "bench"))
+        drain("redis", "redis", stream_ids)
         bare("redis", "ceiling: redis-py pipelines of 500",
              lambda: bare_redis(rserver.url, events, 500), bare_ids)  # fmt: skip
 
@@ -235,10 +296,11 @@ def main() -> int:
         collector.mqtt(broker.port)
         bare("mqtt", "bare loop: paho QoS 1, wait for each PUBACK",
              lambda: bare_mqtt(broker.port, bodies), mqtt_ids)  # fmt: skip
-        drain("mqtt", mqtt_ids)
+        drain("mqtt", "mqtt", mqtt_ids)
         bare("mqtt", "ceiling: paho, 20 in flight, slices of 500",
              lambda: bare_mqtt(broker.port, bodies, window=True), mqtt_ids)  # fmt: skip
-        idle = flush("idle")
+        left = {tree.row("left"): waiting(tree) for tree in trees}
+        idle = {tree.label: flush(tree, "idle") for tree in trees}
     finally:
         collector.close()
         for server in (rserver, broker):
@@ -249,25 +311,7 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"{n} events per row\n")  # fmt: skip
-    print("| sink | path | seconds | events/s | x bare loop | in order, none lost | "
-          "CPU s | CPU ms/event | peak RSS |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---|---:|---:|---:|")
-    base: dict[str, float] = {}
-    for sink, label, seconds, run, check in rows:
-        rate = n / seconds
-        if label.startswith("bare"):
-            base[sink] = rate
-        rss = f"{run.rss_mb:.0f} MB" if run.rss_mb else ""
-        print(f"| {sink} | {label} | {seconds:.2f} | {rate:.0f} | {rate / base[sink]:.2f} | "
-              f"{check} | {run.cpu:.1f} | {1000 * run.cpu / n:.2f} | {rss} |")  # fmt: skip
-    print(f"| - | serfbridge flush, nothing queued (start-up) | {idle.seconds:.2f} | | | | "
-          f"{idle.cpu:.1f} | | {idle.rss_mb:.0f} MB |")  # fmt: skip
-    print(
-        "\nCPU s: the flush process (wait4), or this process around the bare loop; the "
-        "receivers run elsewhere."
-    )
+    print_table(n, rows, trees, idle, left)
     if args.profile:
         for path in sorted(args.profile.glob("flush-*.txt")):
             print("\n" + profile_top(path))

@@ -101,10 +101,10 @@ def user_events(n: int, tag: str) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
-def serfbridge_env() -> dict[str, str]:
-    """The environment of serfbridge runs; ``BENCH_SOURCE=DIR`` runs another checkout's code
-    (``git archive main | tar -x -C DIR``) for a before/after comparison."""
-    return clean_environ({"PYTHONPATH": os.environ.get("BENCH_SOURCE", str(ROOT))})
+def serfbridge_env(source: str | None = None) -> dict[str, str]:
+    """The environment of serfbridge runs; ``source`` or ``BENCH_SOURCE=DIR`` runs another
+    checkout's code (``git archive main | tar -x -C DIR``) for a before/after comparison."""
+    return clean_environ({"PYTHONPATH": source or os.environ.get("BENCH_SOURCE", str(ROOT))})
 
 
 @dataclass
@@ -117,10 +117,11 @@ class Run:
     status: int
 
 
-def run_measured(argv: list[str], log: Path) -> Run:
+def run_measured(argv: list[str], log: Path, source: str | None = None) -> Run:
     started = time.perf_counter()
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=serfbridge_env(), stdout=out, stderr=subprocess.STDOUT)
+        env = serfbridge_env(source)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Run(
