@@ -4,8 +4,6 @@ Exit codes (also in the README): 0 ok, 1 internal error, 2 usage, 3 configuratio
 4 bad event input, 5 input truncated, 6 spool failure, 7 Serf agent error.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -31,7 +29,7 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
     return False, None
 
 
-def _guarded(fn: Callable[[], int], quiet: bool) -> int:
+def _guarded(fn: "Callable[[], int]", quiet: bool) -> int:
     """Every error becomes one log line and an exit code; never a traceback on the console."""
     try:
         return fn()

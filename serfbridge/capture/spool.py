@@ -25,8 +25,6 @@ and only the deliverer (one per state directory, by lock) moves them on, so no e
 delivered twice by the spool itself.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time
