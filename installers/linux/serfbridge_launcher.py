@@ -95,4 +95,4 @@ def main() -> int:
     _handler_config.append(config)
     runtime.handoff = run_frozen
     runtime.self_command = [FROZEN]
-    return cli.main(sys.argv[1:])
+    return cli.main(sys.argv[1:], end_process=True)

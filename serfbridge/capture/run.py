@@ -4,7 +4,7 @@ See docs/design.md for why nothing here imports more than C builtins on the comm
 Each module a run imports costs it ~0.1 ms (path search, read, unmarshal, body, teardown), so
 what only some events or configs need is imported where it is used: ``spool`` when an event
 is spooled or rejected, ``relay_ids`` for a payload with a relay id trailer, the routing's
-``filters`` and ``when`` for sinks that have them (tests/test_handler_imports.py).
+``filters`` and ``when`` for sinks that have them (tests/test_handler_cost.py).
 """
 
 import os

@@ -1,4 +1,7 @@
-"""What the sink benchmarks share: the collector process, events, serfbridge runs, RSS."""
+"""What the benchmarks share: the collector process, events, serfbridge runs, RSS, the .deb
+installed into a temporary root. Standard library only at import (bench_handler.py also runs
+against a frozen build on a host without serfbridge installed): what needs serfbridge imports
+it where it is used."""
 
 from __future__ import annotations
 
@@ -16,9 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.proc import clean_environ  # noqa: E402
-
-from serfbridge.capture import jsonenc  # noqa: E402
-from serfbridge.capture.event import parse_event  # noqa: E402
 
 
 class Collector:
@@ -87,6 +87,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 def user_events(n: int, tag: str) -> list[tuple[dict[str, Any], str]]:
     """``n`` user events as the handler builds them, and their JSON; payload ``<tag><i>``."""
+    from serfbridge.capture import jsonenc
+    from serfbridge.capture.event import parse_event
+
     out = []
     for i in range(n):
         environ = {
@@ -180,3 +183,45 @@ def order_check(expected: list[str], got: list[str]) -> str:
     first = sorted(set(in_order), key=in_order.index)
     reordered = first != [i for i in expected if i in set(first)]
     return f"FAIL: {len(got)}/{len(expected)}, {missing} missing, {dups} dup, reordered={reordered}"
+
+
+DEB_ROWS = {"launcher": "usr/bin/serfbridge", "deb-frozen": "usr/lib/serfbridge/serfbridge-frozen"}
+
+
+def deb_labels(label: str) -> dict[str, str]:
+    """Row label -> path in the root: ``launcher``/``deb-frozen``, or ``L-launcher``/``L-frozen``
+    for ``--deb L=PATH``."""
+    if not label:
+        return DEB_ROWS
+    return {f"{label}-launcher": DEB_ROWS["launcher"], f"{label}-frozen": DEB_ROWS["deb-frozen"]}
+
+
+def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
+    """The .deb in an empty root, as the artifact tests install it; (label, path) per row.
+
+    chrootless: the maintainer scripts run with DPKG_ROOT set (byte-compiling the launcher's
+    modules as on a real host); libc6 and python3 are the host's, not registered in the root.
+    """
+    for name, text in (
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\n"),
+        ("var/lib/dpkg/status", ""),
+        ("var/lib/dpkg/available", ""),
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    for d in ("info", "updates", "triggers"):
+        (root / "var/lib/dpkg" / d).mkdir(parents=True, exist_ok=True)
+    argv = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends"]
+    proc = subprocess.run(
+        [*argv, "--log=/dev/null", "-i", os.path.abspath(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"dpkg could not install {deb}:\n{proc.stdout}{proc.stderr}")
+    return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]

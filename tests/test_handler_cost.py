@@ -1,5 +1,6 @@
-"""What a handler run imports: every module costs each event ~0.1 ms (docs/performance.md,
-"Handler cost"), so what only some configs or inputs need stays out of the common path.
+"""What a handler run costs beyond its work: every module it imports costs each event ~0.1 ms
+(docs/performance.md, "Handler cost"), so what only some configs or inputs need stays out of
+the common path; and the interpreter's teardown is skipped when the run is over.
 
 Each run is a real handler run in a subprocess, on the interpreter started the way the
 launcher and a pip install start it (``-I -S``), with the config cache warmed by a full run
@@ -131,3 +132,45 @@ def test_binary_payload_imports_binascii(tmp_path: Path) -> None:
     assert "binascii" in modules
     line = (tmp_path / "state" / "events.jsonl").read_bytes().splitlines()[-1]
     assert json.loads(line)["payload_encoding"] == "base64"
+
+
+TEARDOWN_CHILD = """
+import atexit, sys
+sys.path.insert(0, sys.argv[1])
+from serfbridge import cli
+atexit.register(lambda: sys.stdout.write("teardown ran\\n"))
+sys.stderr.write("buffered before the end\\n")
+sys.exit(cli.main(sys.argv[3:], end_process=sys.argv[2] == "end"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "args", "env", "teardown"),
+    [
+        ("end", ["handle"], USER, False),
+        ("return", ["handle"], USER, True),
+        # Not a handler run: the process ends normally even from an entry point.
+        ("end", ["--version"], {}, True),
+    ],
+)
+def test_handler_run_ends_without_teardown(
+    tmp_path: Path, mode: str, args: list[str], env: dict[str, str], teardown: bool
+) -> None:
+    """From an entry point, a handler run ends the process itself (keeping its exit status
+    and what it wrote to Python's streams); called as a function, main returns."""
+    config = tmp_path / "serfbridge.toml"
+    config.write_text(f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n", encoding="utf-8")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SERF_", "SERFBRIDGE_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_CHILD, str(ROOT), mode, "--config", str(config), *args],
+        input=b"v1\n",
+        env={**base, **env, "SERFBRIDGE_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(b"buffered before the end\n")
+    assert (b"teardown ran" in proc.stdout) is teardown
+    if env:
+        assert len((tmp_path / "state" / "events.jsonl").read_bytes().splitlines()) == 1
