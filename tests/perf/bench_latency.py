@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+    # The deliverers linger after the last event (and may still write their state): keep going.
+    with tempfile.TemporaryDirectory(prefix="bench-latency-", ignore_cleanup_errors=True) as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
         handlers = [("bash+curl", curl_handler(root, receiver))]
