@@ -18,6 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.deb import install  # noqa: E402
 from support.proc import clean_environ  # noqa: E402
 
 
@@ -197,31 +198,8 @@ def deb_labels(label: str) -> dict[str, str]:
 
 
 def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
-    """The .deb in an empty root, as the artifact tests install it; (label, path) per row.
-
-    chrootless: the maintainer scripts run with DPKG_ROOT set (byte-compiling the launcher's
-    modules as on a real host); libc6 and python3 are the host's, not registered in the root.
-    """
-    for name, text in (
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-        ("etc/group", "root:x:0:\n"),
-        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
-        ("etc/gshadow", "root:*::\n"),
-        ("var/lib/dpkg/status", ""),
-        ("var/lib/dpkg/available", ""),
-    ):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text, encoding="utf-8")
-    for d in ("info", "updates", "triggers"):
-        (root / "var/lib/dpkg" / d).mkdir(parents=True, exist_ok=True)
-    argv = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends"]
-    proc = subprocess.run(
-        [*argv, "--log=/dev/null", "-i", os.path.abspath(deb)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"dpkg could not install {deb}:\n{proc.stdout}{proc.stderr}")
+    """The .deb in an empty root exactly as the artifact tests install it (support.deb: dpkg
+    chrootless, so the maintainer scripts byte-compile the launcher's modules as on a real
+    host); (row label, path) per row."""
+    install(Path(os.path.abspath(deb)), root)
     return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
