@@ -21,7 +21,7 @@ SCRIPTS = {
     "installers/pip/serfbridge": "serfbridge",
     "installers/pip/serfbridge_python.py": "serfbridge-python",
 }
-ENTRY_POINT = "serfbridge.cli:main"
+ENTRY_POINT = "serfbridge.cli:entry"
 
 
 def _windows() -> bool:

@@ -4,4 +4,4 @@ import sys
 
 from serfbridge.cli import main
 
-sys.exit(main())
+sys.exit(main(end_process=True))

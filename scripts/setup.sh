@@ -27,7 +27,7 @@ if [ "$EXTRA" = "test" ]; then
     # lintian, systemd-analyze (systemd), man (man-db) and logrotate: the .deb and its unit
     # are checked by their own tools (tests/test_artifacts_deb_tools.py, test_log_rotation.py).
     apt_install serf:serf redis-server:redis-server mosquitto:mosquitto curl:curl \
-        lintian:lintian systemd-analyze:systemd man:man-db logrotate:logrotate \
+        lintian:lintian systemd-analyze:systemd man:man-db logrotate:logrotate strace:strace \
         mosquitto_rr:mosquitto-clients
     apt_install nats-server:nats-server  # the NATS sink and relay source tests
 else

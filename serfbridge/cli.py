@@ -4,8 +4,6 @@ Exit codes (also in the README): 0 ok, 1 internal error, 2 usage, 3 configuratio
 4 bad event input, 5 input truncated, 6 spool failure, 7 Serf agent error.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -15,6 +13,7 @@ from serfbridge.errors import EXIT_INTERNAL, EXIT_USAGE, SerfbridgeError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import NoReturn
 
 
 def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
@@ -31,7 +30,7 @@ def _fast_handler_args(args: list[str]) -> tuple[bool, str | None]:
     return False, None
 
 
-def _guarded(fn: Callable[[], int], quiet: bool) -> int:
+def _guarded(fn: "Callable[[], int]", quiet: bool) -> int:
     """Every error becomes one log line and an exit code; never a traceback on the console."""
     try:
         return fn()
@@ -55,14 +54,36 @@ def _guarded(fn: Callable[[], int], quiet: bool) -> int:
         return EXIT_INTERNAL
 
 
-def main(argv: list[str] | None = None) -> int:
+def end_handler_process(status: int) -> "NoReturn":
+    """End the process of a finished handler run without the interpreter's teardown.
+
+    Tearing down the modules and objects of a run costs about as much as importing them
+    (docs/performance.md, "Handler cost"), on every event, for nothing: the run has written
+    each record with ``os.write`` (and fsynced what must be durable), closed its files and
+    waited for its children; only Python's own stream buffers are left, and they are flushed
+    here."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def main(argv: list[str] | None = None, *, end_process: bool = False) -> int:
+    """``end_process``: the caller is the program's entry point, so a handler run may end
+    the process itself (``end_handler_process``); any other command returns normally."""
     args = sys.argv[1:] if argv is None else argv
     fast, config = _fast_handler_args(args)
     if fast:
         from serfbridge.capture import run as handler
 
         quiet = os.environ.get("SERF_EVENT") == "query"
-        return _guarded(lambda: handler.run(config), quiet)
+        status = _guarded(lambda: handler.run(config), quiet)
+        if end_process:
+            end_handler_process(status)
+        return status
     if not args:
         sys.stderr.write(
             "serfbridge: no SERF_EVENT in the environment: run it as a Serf event handler "
@@ -81,8 +102,13 @@ def script_main(script: str) -> int:
     script would, since its dependencies may need what ``-I -S`` left out."""
     if sys.flags.no_site and not _fast_handler_args(sys.argv[1:])[0]:
         os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])  # noqa: S606
-    return main()
+    return main(end_process=True)
+
+
+def entry() -> int:
+    """The console script's entry point (Windows pip installs, hatch_build.py)."""
+    return main(end_process=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(end_process=True))

@@ -22,8 +22,6 @@ work first: 5 (stdin over ``max_input_bytes``: the event is kept, cut, ``truncat
 (the spool could not store the event: disk full, permissions).
 """
 
-from __future__ import annotations
-
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2

@@ -6,8 +6,6 @@ handlers' output only at DEBUG, so the handler logs to a file. Each record is on
 processes and the deliverer log to the same file.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time

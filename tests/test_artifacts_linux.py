@@ -17,7 +17,7 @@ from support.artifacts import LINUX_BUILDS
 from support.bridge import BridgeNode
 from support.deb import dpkg, empty_root
 from support.handler import fire_user
-from support.proc import clean_environ
+from support.proc import clean_environ, require_binary
 
 from serfbridge import __version__
 
@@ -36,6 +36,27 @@ def _version(argv: list[str]) -> str:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     return proc.stdout
+
+
+def test_onedir_bootstrap_does_not_scan_its_folder(linux_dist: Path, tmp_path: Path) -> None:
+    """The spec builds with PyInstaller's bootstrap minus its scan for `.egg` directories,
+    which stat()ed every entry of _internal/ on each start: a bundled library that nothing
+    loads at --version (libssl) is never looked at."""
+    strace = require_binary("strace", "strace")
+    trace = tmp_path / "trace"
+    exe = linux_dist / "serfbridge" / "serfbridge"
+    assert (exe.parent / "_internal" / "libssl.so.3").exists()
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=%file", "-o", str(trace), str(exe), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = trace.read_text()
+    assert "_internal/" in calls  # the trace saw the bundle being read
+    assert "libssl.so.3" not in calls
 
 
 @pytest.mark.parametrize(

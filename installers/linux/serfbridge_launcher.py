@@ -24,8 +24,6 @@ The logic is a module rather than the script itself because Python compiles a sc
 every start (~0.6 ms for this file) but caches a module's byte-code (postinst compiles it).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time
@@ -47,7 +45,7 @@ MIN_PYTHON = (3, 11)
 _handler_config: list[str | None] = []
 
 
-def run_frozen(reason: str) -> NoReturn:
+def run_frozen(reason: str) -> "NoReturn":
     """Replace this process by the frozen build with the same arguments, stdin untouched."""
     try:
         os.execv(FROZEN, [FROZEN, *sys.argv[1:]])  # noqa: S606 - argv list, no shell wanted
@@ -55,7 +53,7 @@ def run_frozen(reason: str) -> NoReturn:
         _cannot_run_frozen(f"cannot run {FROZEN} ({reason}): {exc.strerror or exc}")
 
 
-def _cannot_run_frozen(problem: str) -> NoReturn:
+def _cannot_run_frozen(problem: str) -> "NoReturn":
     """A broken installation: say so (not into a query's answer) and keep the event raw in
     ``spool/rejected/``, as an unusable config does, so that it is not lost."""
     if os.environ.get("SERF_EVENT") != "query":
@@ -97,4 +95,4 @@ def main() -> int:
     _handler_config.append(config)
     runtime.handoff = run_frozen
     runtime.self_command = [FROZEN]
-    return cli.main(sys.argv[1:])
+    return cli.main(sys.argv[1:], end_process=True)

@@ -15,8 +15,6 @@ format 4, which every CPython since 3.4 reads, and the key leaves out the Python
 the Linux launcher reads on the system Python what the frozen build (another CPython) wrote.
 """
 
-from __future__ import annotations
-
 import marshal
 import os
 
@@ -58,14 +56,14 @@ def inputs_digest(env_values: list[str | None], file_stamps: list[object]) -> st
     return blake2b(data, digest_size=16).hexdigest()
 
 
-def seal(inputs: Inputs) -> Inputs:
+def seal(inputs: "Inputs") -> "Inputs":
     """``inputs`` as stored: the values observed at compile time become one digest."""
     values, stats = inputs.pop("observed", ([], []))
     inputs["digest"] = inputs_digest(values, [file_stamp(st) for st in stats])
     return inputs
 
 
-def _inputs_current(inputs: Inputs | None) -> bool:
+def _inputs_current(inputs: "Inputs | None") -> bool:
     if not inputs or not (inputs["env"] or inputs["files"]):
         return True
     stamps: list[object] = []
@@ -86,7 +84,7 @@ def _cache_file(path: str) -> str:
     return os.path.join(cache_dir, name + ".marshal")
 
 
-def _read(cache: str, stamp: object) -> Compiled | None:
+def _read(cache: str, stamp: object) -> "Compiled | None":
     try:
         with open(cache, "rb") as fh:
             entry = marshal.loads(fh.read())  # noqa: S302 - our own 0600 file
@@ -100,7 +98,7 @@ def _read(cache: str, stamp: object) -> Compiled | None:
     return compiled
 
 
-def _write(cache: str, stamp: object, compiled: Compiled) -> None:
+def _write(cache: str, stamp: object, compiled: "Compiled") -> None:
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
         data = marshal.dumps({"stamp": stamp, "compiled": compiled}, _MARSHAL_VERSION)
@@ -110,7 +108,7 @@ def _write(cache: str, stamp: object, compiled: Compiled) -> None:
         pass  # a read-only cache location only costs speed: every event recompiles
 
 
-def fingerprint(explicit: str | None = None, inputs: Inputs | None = None) -> str:
+def fingerprint(explicit: str | None = None, inputs: "Inputs | None" = None) -> str:
     """What the compiled config depends on: the cache key (path, ``SERFBRIDGE_*``, version),
     the file's stamp and, given the ``inputs`` a load recorded, the secret files and
     variables it read. The deliverer and the stream relay reload when it changes."""
@@ -127,7 +125,7 @@ def fingerprint(explicit: str | None = None, inputs: Inputs | None = None) -> st
     return repr((_cache_file(path), _stamp(path), secret))
 
 
-def load(explicit: str | None = None) -> Compiled:
+def load(explicit: str | None = None) -> "Compiled":
     """The validated config for ``--config``/``SERFBRIDGE_CONFIG``/the per-OS default.
 
     A missing file is fine at the default location (the embedded default applies) and an
@@ -148,7 +146,7 @@ def load(explicit: str | None = None) -> Compiled:
     return compiled
 
 
-def compile_now(path: str | None) -> Compiled:
+def compile_now(path: str | None) -> "Compiled":
     from serfbridge.config.models import compile_settings, load_settings
 
     compiled = compile_settings(load_settings(path), path)

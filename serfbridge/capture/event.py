@@ -10,9 +10,6 @@ measured in docs/serf.md §1:
   the payloads ``x`` and ``x\\n`` both read as ``x`` (Serf gives no way to tell them apart).
 """
 
-from __future__ import annotations
-
-import binascii
 import time
 
 try:
@@ -41,6 +38,9 @@ EVENT_TYPES = (
 )
 MEMBER_EVENTS = frozenset(t for t in EVENT_TYPES if t.startswith("member-"))
 _TAG_PREFIX = "SERF_TAG_"
+#: How a relay's event id trailer starts (serfbridge.capture.relay_ids reads and writes it):
+#: here, so that a handler run looks for it without importing that module.
+RELAY_ID_PREFIX = b"\x1esbid:"
 
 
 def rfc3339(ts: float) -> str:
@@ -89,7 +89,7 @@ def parse_tags(text: str) -> dict[str, str]:
     return dict(sorted(tags.items()))
 
 
-def parse_members(data: bytes) -> list[Member]:
+def parse_members(data: bytes) -> "list[Member]":
     members: list[Member] = []
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
@@ -115,7 +115,7 @@ def parse_members(data: bytes) -> list[Member]:
     return members
 
 
-def node_from_env(environ: Mapping[str, str]) -> Node:
+def node_from_env(environ: "Mapping[str, str]") -> "Node":
     """The node running the handler. Serf upper-cases tag names and turns every character
     outside ``[A-Z0-9_]`` into ``_``; names are lower-cased back, the rest cannot be undone."""
     tags = {
@@ -134,7 +134,7 @@ def _digest(*parts: bytes) -> str:
     return blake2b(b"\x00".join(parts), digest_size=16).hexdigest()
 
 
-def member_event_id(event: str, members: list[Member]) -> str:
+def member_event_id(event: str, members: "list[Member]") -> str:
     """Same membership change, same id on every node (member order and tag order do not
     matter). A later identical change (say, a rejoin with the same tags) repeats the id, so
     receivers should dedupe over a window of minutes, not forever."""
@@ -149,7 +149,7 @@ def member_event_id(event: str, members: list[Member]) -> str:
     return _digest(*parts)
 
 
-def _ltime(environ: Mapping[str, str], var: str) -> int:
+def _ltime(environ: "Mapping[str, str]", var: str) -> int:
     raw = environ.get(var)
     if raw is None:
         raise InputError(f"{var} is not set")
@@ -174,13 +174,13 @@ def user_event_id(
 
 
 def parse_event(
-    environ: Mapping[str, str],
+    environ: "Mapping[str, str]",
     stdin: bytes,
     received_at: float,
     *,
     truncated: bool = False,
     relay_id: str | None = None,
-) -> EventDoc:
+) -> "EventDoc":
     """Build the event document; raises InputError naming what is wrong with the input.
 
     ``relay_id``: the id trailer already split off ``stdin`` (``eventid.split_stdin``)."""
@@ -212,8 +212,8 @@ def parse_event(
 
 
 def _document(
-    event: str, event_id: str, node: Node, received_at: float, truncated: bool
-) -> EventDoc:
+    event: str, event_id: str, node: "Node", received_at: float, truncated: bool
+) -> "EventDoc":
     return {
         "version": VERSION,
         "id": event_id,
@@ -230,8 +230,13 @@ def _document(
 
 
 def member_doc(
-    event: str, members: list[Member], node: Node, received_at: float, *, truncated: bool = False
-) -> EventDoc:
+    event: str,
+    members: "list[Member]",
+    node: "Node",
+    received_at: float,
+    *,
+    truncated: bool = False,
+) -> "EventDoc":
     """The document of a member-* event: the one builder for stdin and for stream records."""
     doc = _document(event, member_event_id(event, members), node, received_at, truncated)
     doc["members"] = members
@@ -243,12 +248,12 @@ def user_doc(
     name: str,
     ltime: int,
     data: bytes,
-    node: Node,
+    node: "Node",
     *,
     received_at: float,
     relay_id: str | None = None,
     truncated: bool = False,
-) -> EventDoc:
+) -> "EventDoc":
     """The document of a user event or query from its payload as Serf delivers it: the one
     builder for stdin and for stream records. One trailing ``\n`` is dropped: the handler
     cannot tell ``x`` from ``x\n`` (docs/serf.md), and both paths must agree on payload and id.
@@ -260,6 +265,8 @@ def user_doc(
     try:
         doc["payload"], doc["payload_encoding"] = data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
+        import binascii
+
         doc["payload"] = binascii.b2a_base64(data, newline=False).decode("ascii")
         doc["payload_encoding"] = "base64"
     doc["name"], doc["ltime"] = _text(name), ltime

@@ -6,8 +6,6 @@ The lock is released by the OS when the process dies.
 ``kill -9``, so a crashed handler or deliverer never leaves a stale lock behind.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time

@@ -1,16 +1,35 @@
 """Compact JSON for the capture path.
 
 ``import json`` costs ~7 ms per event because ``json.decoder`` pulls in ``re`` and ``enum``;
-the C string escaper from ``_json`` is all the encoder side needs for the event document's
-plain dicts, lists, strings, ints, bools and None.
+a string escaper is all the encoder side needs for the event document's plain dicts, lists,
+strings, ints, bools and None. The C one in ``_json`` is a shared library on most builds
+(Debian's included): loading it costs a handler run more than escaping the short strings of
+an event does in Python, so it is loaded only for a long string that needs escapes.
 """
 
-from __future__ import annotations
+# JSON's escapes (what json.encoder's ESCAPE_DCT holds): `"`, `\` and U+0000-U+001F.
+_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_ESCAPES.update(
+    {0x22: '\\"', 0x5C: "\\\\", 0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+)
+# Above this length str.translate (a dict lookup per character) is slower than _json's load.
+_SHORT = 1024
 
-try:
-    from _json import encode_basestring as _quote
-except ImportError:  # pragma: no cover - CPython always has _json; other interpreters may not
-    from json.encoder import py_encode_basestring as _quote
+
+def _quote(text: str) -> str:
+    """``text`` as a JSON string, non-ASCII kept as is (``ensure_ascii=False``)."""
+    if text.isprintable():
+        # No control characters: only `"` and `\` need escapes.
+        if '"' in text or "\\" in text:
+            text = text.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + text + '"'
+    if len(text) <= _SHORT:
+        return '"' + text.translate(_ESCAPES) + '"'
+    try:
+        from _json import encode_basestring
+    except ImportError:  # pragma: no cover - CPython always has _json; other interpreters may not
+        from json.encoder import py_encode_basestring as encode_basestring
+    return encode_basestring(text)
 
 
 def _encode(obj: object, out: list[str]) -> None:

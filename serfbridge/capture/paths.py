@@ -3,8 +3,6 @@
 Everything here must stay cheap: it runs on every Serf event.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

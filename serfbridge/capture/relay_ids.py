@@ -14,17 +14,14 @@ strip it, so documents show the payload as sent, and record the id in ``seen-ids
 trailer as part of the payload: that is why it is opt-in (docs/relay.md).
 
 Printable bytes only (``\\x1e`` is ASCII RS): the ``serf`` CLI mode passes payloads in argv,
-where a NUL cannot go. Capture path: builtins only.
+where a NUL cannot go. Capture path: builtins only; a handler run imports this module only for
+a payload that carries the trailer.
 """
 
 from __future__ import annotations
 
-try:
-    from _blake2 import blake2b
-except ImportError:  # pragma: no cover - CPython builds always ship _blake2
-    from hashlib import blake2b
+from serfbridge.capture.event import RELAY_ID_PREFIX as PREFIX
 
-PREFIX = b"\x1esbid:"
 DIGITS = 16
 #: Bytes the trailer adds to a payload (and takes from Serf's user event size limit).
 SIZE = len(PREFIX) + DIGITS
@@ -33,6 +30,11 @@ _HEX = frozenset(b"0123456789abcdef")
 
 def make(identity: str) -> str:
     """The id of a message identity (BLAKE2b-64, hex): the same identity, the same id."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - CPython builds always ship _blake2
+        from hashlib import blake2b
+
     return blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=DIGITS // 2).hexdigest()
 
 

@@ -1,16 +1,18 @@
 """The capture path: one Serf event in, recorded durably, out in a few milliseconds.
 
 See docs/design.md for why nothing here imports more than C builtins on the common path.
+Each module a run imports costs it ~0.1 ms (path search, read, unmarshal, body, teardown), so
+what only some events or configs need is imported where it is used: ``spool`` when an event
+is spooled or rejected, ``relay_ids`` for a payload with a relay id trailer, the routing's
+``filters`` and ``when`` for sinks that have them (tests/test_handler_cost.py).
 """
-
-from __future__ import annotations
 
 import os
 import sys
 import time
 
 from serfbridge import log
-from serfbridge.capture import cache, jsonenc, paths, relay_ids, runtime, spool
+from serfbridge.capture import cache, jsonenc, runtime
 from serfbridge.capture import event as parse
 from serfbridge.capture import route as route_decision
 from serfbridge.capture.files import append_record
@@ -61,12 +63,12 @@ def read_stdin(limit: int) -> tuple[bytes, bool]:
     return data, False
 
 
-def _left(cfg: Compiled, started: float, wanted: float) -> float:
+def _left(cfg: "Compiled", started: float, wanted: float) -> float:
     """``wanted`` seconds, cut to what is left of the run's deadline (at least 10 ms)."""
     return max(0.01, min(wanted, started + cfg["deadline"] - time.monotonic()))
 
 
-def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
+def _exact_tags(cfg: "Compiled", doc: "EventDoc", started: float) -> None:
     """Replace tags parsed from member lines (ambiguous with ``,``/``=`` in values) by the
     agent's own, for members the agent still knows."""
     serf = cfg["serf"]
@@ -91,7 +93,7 @@ def _exact_tags(cfg: Compiled, doc: EventDoc, started: float) -> None:
     doc["id"] = parse.member_event_id(doc["event"], doc["members"])
 
 
-def inline_files(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str]:
+def inline_files(cfg: "Compiled", doc: "EventDoc", event_json: str) -> list[str]:
     """Append to file sinks inline; returns the other matching sinks (and file sinks that
     failed), which the event must be spooled for."""
     spooled: list[str] = []
@@ -110,8 +112,10 @@ def inline_files(cfg: Compiled, doc: EventDoc, event_json: str) -> list[str]:
     return spooled
 
 
-def hand_over(cfg: Compiled, entry: str, config_arg: str | None, suffix: str = ".json") -> None:
+def hand_over(cfg: "Compiled", entry: str, config_arg: str | None, suffix: str = ".json") -> None:
     """A running deliverer hears of the spooled ``entry`` at once; otherwise one is started."""
+    from serfbridge.capture import spool
+
     state_dir = cfg["state_dir"]
     if spool.wake(state_dir, entry, suffix):
         return
@@ -124,11 +128,13 @@ def hand_over(cfg: Compiled, entry: str, config_arg: str | None, suffix: str = "
             log.error("cannot start the deliverer", error=str(exc))
 
 
-def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None) -> int:
+def route(cfg: "Compiled", doc: "EventDoc", event_json: str, config_arg: str | None) -> int:
     """Append to file sinks inline; spool the event for every other matching sink."""
     spooled = inline_files(cfg, doc, event_json)
     if not spooled:
         return EXIT_OK
+    from serfbridge.capture import spool
+
     try:
         entry = spool.capture(cfg["state_dir"], spooled, event_json)
     except OSError as exc:
@@ -142,7 +148,7 @@ def route(cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None)
 
 
 def route_once(
-    cfg: Compiled, doc: EventDoc, event_json: str, config_arg: str | None, relay_id: str | None
+    cfg: "Compiled", doc: "EventDoc", event_json: str, config_arg: str | None, relay_id: str | None
 ) -> int | None:
     """``route``, or None (nothing done) for a repeat of a relayed event this node already
     recorded (serfbridge.capture.relay_ids). An id whose event could not be recorded is
@@ -157,7 +163,7 @@ def route_once(
     return status
 
 
-def first_time(cfg: Compiled, doc: EventDoc, relay_id: str) -> bool:
+def first_time(cfg: "Compiled", doc: "EventDoc", relay_id: str) -> bool:
     """Record the relay id; False (logged) for a repeat this node already recorded."""
     from serfbridge.capture import seen
 
@@ -167,7 +173,7 @@ def first_time(cfg: Compiled, doc: EventDoc, relay_id: str) -> bool:
     return False
 
 
-def forget(cfg: Compiled, relay_id: str) -> None:
+def forget(cfg: "Compiled", relay_id: str) -> None:
     """The event with this relay id could not be recorded after all: let its repeat in."""
     from serfbridge.capture import seen
 
@@ -175,7 +181,7 @@ def forget(cfg: Compiled, relay_id: str) -> None:
 
 
 def _without_config(
-    exc: ConfigError, environ: Mapping[str, str], received: float, config_arg: str | None
+    exc: ConfigError, environ: "Mapping[str, str]", received: float, config_arg: str | None
 ) -> int:
     """An unusable config must not lose the event: keep it raw in ``spool/rejected/`` of the
     state dir the user meant (``paths.fallback_state_dir``)."""
@@ -183,6 +189,8 @@ def _without_config(
         log.to_stderr_until_configured()
     log.error("configuration error; event kept in rejected/", error=str(exc))
     data, _ = read_stdin(DEFAULT_MAX_INPUT)
+    from serfbridge.capture import paths, spool
+
     try:
         state_dir = paths.fallback_state_dir(config_arg)
         spool.reject(state_dir, f"config: {exc}", dict(environ), data, received)
@@ -191,7 +199,7 @@ def _without_config(
     return exc.exit_code
 
 
-def _answer(cfg: Compiled, doc: EventDoc, event_json: str, started: float) -> None:
+def _answer(cfg: "Compiled", doc: "EventDoc", event_json: str, started: float) -> None:
     from serfbridge.capture import respond
 
     responder = route_decision.responder_for(cfg, doc)
@@ -201,7 +209,7 @@ def _answer(cfg: Compiled, doc: EventDoc, event_json: str, started: float) -> No
         os.write(1, answer)
 
 
-def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None) -> int:
+def run(config_arg: str | None = None, environ: "Mapping[str, str] | None" = None) -> int:
     received = time.time()
     started = time.monotonic()
     env = os.environ if environ is None else environ
@@ -222,12 +230,16 @@ def run(config_arg: str | None = None, environ: Mapping[str, str] | None = None)
 
     data, truncated = read_stdin(cfg["max_input_bytes"])
     relay_id = None
-    if env.get("SERF_EVENT") == "user" and not truncated:
+    if env.get("SERF_EVENT") == "user" and not truncated and parse.RELAY_ID_PREFIX in data:
+        from serfbridge.capture import relay_ids
+
         data, relay_id = relay_ids.split_stdin(data)
     try:
         doc = parse.parse_event(env, data, received, truncated=truncated, relay_id=relay_id)
     except InputError as exc:
         log.error("bad event input; kept in rejected/", error=str(exc))
+        from serfbridge.capture import spool
+
         try:
             spool.reject(cfg["state_dir"], str(exc), dict(env), data, received)
         except OSError as err:

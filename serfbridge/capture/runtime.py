@@ -14,14 +14,12 @@ everywhere else they stay ``None`` and this module does nothing.
   there, which cannot run them.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
-handoff: Callable[[str], NoReturn] | None = None
+handoff: "Callable[[str], NoReturn] | None" = None
 self_command: list[str] | None = None
 
 

@@ -30,8 +30,6 @@ relay create files in ``incoming/`` and only the deliverer (one per state direct
 lock) moves them on, so no entry is delivered twice by the spool itself.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 import time

@@ -45,7 +45,8 @@ The installed Linux package (launcher and its frozen build) next to the baseline
     python tests/perf/bench_handler.py --no-serfbridge --configs default \\
         --deb dist/linux/serfbridge_0.1.0_amd64.deb
 
-Standard library only, so it also runs against a frozen serfbridge binary on a bare host.
+Standard library only (with benchlib.py beside it), so it also runs against a frozen serfbridge
+binary on a host without serfbridge installed.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from benchlib import DEB_ROWS, deb_labels, install_deb
 
 PAYLOAD = b'{"app":"web","version":"1.20.3"}'
 assert len(PAYLOAD) == 32  # the documented baseline (docs/serf.md 4b) used 32 bytes
@@ -268,48 +271,6 @@ def baseline_handlers(root: Path, receiver: Receiver) -> list[Handler]:
         Handler(name=TRUE_NAME, kind="baseline", command="/bin/true"),
         Handler(name=CURL_NAME, kind="baseline", command=shlex.quote(str(script)), hook_path="/"),
     ]
-
-
-DEB_ROWS = {"launcher": "usr/bin/serfbridge", "deb-frozen": "usr/lib/serfbridge/serfbridge-frozen"}
-
-
-def deb_labels(label: str) -> dict[str, str]:
-    """Row label -> path in the root: ``launcher``/``deb-frozen``, or ``L-launcher``/``L-frozen``
-    for ``--deb L=PATH``."""
-    if not label:
-        return DEB_ROWS
-    return {f"{label}-launcher": DEB_ROWS["launcher"], f"{label}-frozen": DEB_ROWS["deb-frozen"]}
-
-
-def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
-    """The .deb in an empty root, as the artifact tests install it; (label, path) per row.
-
-    chrootless: the maintainer scripts run with DPKG_ROOT set (byte-compiling the launcher's
-    modules as on a real host); libc6 and python3 are the host's, not registered in the root.
-    """
-    for name, text in (
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-        ("etc/group", "root:x:0:\n"),
-        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
-        ("etc/gshadow", "root:*::\n"),
-        ("var/lib/dpkg/status", ""),
-        ("var/lib/dpkg/available", ""),
-    ):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text, encoding="utf-8")
-    for d in ("info", "updates", "triggers"):
-        (root / "var/lib/dpkg" / d).mkdir(parents=True, exist_ok=True)
-    argv = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends"]
-    proc = subprocess.run(
-        [*argv, "--log=/dev/null", "-i", os.path.abspath(deb)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"dpkg could not install {deb}:\n{proc.stdout}{proc.stderr}")
-    return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
 
 
 # --------------------------------------------------------------------------- running

@@ -9,21 +9,28 @@ notes when each node's POST arrives, so a row shows:
 * ``local``: the agent that raised the event runs its handler, which delivers;
 * ``remote``: the event crosses the cluster by gossip first.
 
-Handlers, each in its own cluster, one after the other:
+Handlers, each in its own cluster, all clusters up at once:
 
 * ``bash+curl``: a bash script that ``exec``s curl, POSTing stdin (the reference forwarder);
 * ``serfbridge``: serfbridge with one webhook sink: captured to the spool by the handler,
-  POSTed by the background deliverer.
+  POSTed by the background deliverer (``--serfbridge [LABEL=]PATH``, repeatable; default
+  this venv's ``serfbridge``);
+* ``LABEL-launcher``: ``--deb LABEL=PATH`` (repeatable), the .deb installed into a temporary
+  root as bench_handler.py installs it (benchlib.install_deb), its ``/usr/bin/serfbridge``
+  (the launcher) as the handler; its deliverer is the package's frozen build.
 
-Events are paced (``--interval``) so they do not queue behind each other; ``--burst`` sends
-them back to back instead, which shows what Serf's serial handler loop does under load.
-Times come from one process's ``time.monotonic()`` (the receiver runs in this process).
-Nothing here is asserted by the tests; compare rows within one run.
+Events go round-robin to the clusters, one every ``--interval`` / (number of clusters)
+seconds, so load on the machine hits every row alike and one cluster's handler run rarely
+overlaps another's; each cluster gets one event per ``--interval`` (``--burst``: back to back,
+which shows what Serf's serial handler loop does under load). Times come from one process's
+``time.monotonic()`` (the receiver runs in this process). Nothing here is asserted by the
+tests; compare rows within one run.
 
 Usage::
 
     python tests/perf/bench_latency.py [--events N] [--interval S] [--burst]
-                                       [--serfbridge PATH] [--json OUT]
+                                       [--serfbridge [LABEL=]PATH ...] [--deb LABEL=PATH ...]
+                                       [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from benchlib import install_deb
 
 from serfbridge.serf.rpc import SerfRPC
 
@@ -130,7 +139,7 @@ class Cluster:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     rpc_ports: dict[str, int] = field(default_factory=dict)
 
-    def start(self) -> None:
+    def start(self, *, settle: bool = True) -> None:
         first_bind = ""
         for node in NODES:
             bind, rpc = free_port(), free_port()
@@ -154,9 +163,10 @@ class Cluster:
             first_bind = first_bind or f"127.0.0.1:{bind}"
             wait(lambda rpc=rpc: _accepts(rpc), SETTLE_TIMEOUT, f"{node}'s RPC port")
         wait(self._joined, SETTLE_TIMEOUT, "both agents alive in one cluster")
-        # Member events are coalesced for up to 3 s (docs/serf.md); let their handler runs pass so
-        # they don't queue in front of the measured events.
-        time.sleep(MEMBER_COALESCE)
+        if settle:
+            # Member events are coalesced for up to 3 s (docs/serf.md); let their handler runs
+            # pass so they don't queue in front of the measured events.
+            time.sleep(MEMBER_COALESCE)
 
     def _joined(self) -> bool:
         with SerfRPC(f"127.0.0.1:{self.rpc_ports['a']}") as rpc:
@@ -183,7 +193,7 @@ def _accepts(port: int) -> bool:
 def serfbridge_handler(binary: str, root: Path, receiver: Receiver) -> Any:
     def handler_for(node: str) -> tuple[str, dict[str, str]]:
         state = root / f"sb-{node}"
-        state.mkdir()
+        state.mkdir(parents=True)
         conf = state / "serfbridge.toml"
         conf.write_text(
             f'state_dir = "{state}"\n'
@@ -207,32 +217,48 @@ def curl_handler(root: Path, receiver: Receiver) -> Any:
 
 
 def measure(
-    cluster: Cluster, receiver: Receiver, events: int, interval: float, base: int
-) -> dict[str, list[float]]:
-    sent: dict[int, float] = {}
-    with SerfRPC(f"127.0.0.1:{cluster.rpc_ports['a']}") as rpc:
-        # Untimed: serfbridge validates and caches its config on the first event.
-        rpc.event("bench", str(base - 1).encode(), coalesce=False)
-        warm = {(node, base - 1) for node in NODES}
-        wait(lambda: warm <= receiver.arrivals.keys(), 60, "the warm-up event")
+    clusters: list[Cluster], receiver: Receiver, events: int, interval: float
+) -> list[dict[str, list[float]]]:
+    """Per cluster, the local and remote latencies of ``events`` events; cluster ``i`` numbers
+    its events from ``(i + 1) * 1000``."""
+    bases = [(index + 1) * 1000 for index in range(len(clusters))]
+    sent: list[dict[int, float]] = [{} for _ in clusters]
+    rpcs = [SerfRPC(f"127.0.0.1:{c.rpc_ports['a']}") for c in clusters]
+    for rpc in rpcs:
+        rpc.__enter__()
+    try:
+        # Untimed: serfbridge validates and caches its config on the first event, and a
+        # deliverer is started.
+        for rpc, base in zip(rpcs, bases, strict=True):
+            rpc.event("bench", str(base - 1).encode(), coalesce=False)
+        warm = {(node, base - 1) for node in NODES for base in bases}
+        wait(lambda: warm <= receiver.arrivals.keys(), 120, "the warm-up events")
+        tick = interval / len(clusters)
         for i in range(events):
-            seq = base + i
-            sent[seq] = time.monotonic()
-            rpc.event("bench", str(seq).encode(), coalesce=False)
-            if interval:
-                time.sleep(interval)
-    expected = {(node, base + i) for node in NODES for i in range(events)}
+            for k, rpc in enumerate(rpcs):
+                seq = bases[k] + i
+                sent[k][seq] = time.monotonic()
+                rpc.event("bench", str(seq).encode(), coalesce=False)
+                if tick:
+                    time.sleep(tick)
+    finally:
+        for rpc in rpcs:
+            rpc.__exit__(None, None, None)
+    expected = {(node, seq) for node in NODES for one in sent for seq in one}
 
     def arrived() -> bool:
         with receiver.lock:
             return expected <= receiver.arrivals.keys()
 
-    wait(arrived, 60 + events * 0.5, f"{len(expected)} POSTs at the receiver")
-    out: dict[str, list[float]] = {"local": [], "remote": []}
+    wait(arrived, 60 + events * len(clusters) * 0.5, f"{len(expected)} POSTs at the receiver")
+    out: list[dict[str, list[float]]] = []
     with receiver.lock:
-        for seq, t0 in sent.items():
-            out["local"].append((receiver.arrivals[("a", seq)] - t0) * 1000)
-            out["remote"].append((receiver.arrivals[("b", seq)] - t0) * 1000)
+        for one in sent:
+            samples: dict[str, list[float]] = {"local": [], "remote": []}
+            for seq, t0 in one.items():
+                samples["local"].append((receiver.arrivals[("a", seq)] - t0) * 1000)
+                samples["remote"].append((receiver.arrivals[("b", seq)] - t0) * 1000)
+            out.append(samples)
     return out
 
 
@@ -249,12 +275,55 @@ def row(name: str, where: str, samples: list[float]) -> dict[str, Any]:
     }
 
 
+def labelled(spec: str, default: str) -> tuple[str, str]:
+    """``LABEL=PATH`` or ``PATH`` (labelled ``default``)."""
+    label, sep, path = spec.partition("=")
+    if not sep or "/" in label:
+        return default, spec
+    return label, path
+
+
+def serfbridge_commands(args: argparse.Namespace, root: Path) -> list[tuple[str, str]]:
+    """(row label, handler command) for every serfbridge under test."""
+    commands = []
+    for spec in args.serfbridge:
+        label, path = labelled(spec, "serfbridge")
+        commands.append((label, shlex.quote(os.path.abspath(path))))
+    for spec in args.deb:
+        label, path = labelled(spec, "deb")
+        rows = install_deb(path, root / f"deb-root-{label}", label)
+        commands.append((f"{label}-launcher", shlex.quote(dict(rows)[f"{label}-launcher"])))
+    if not commands:
+        script = Path(sys.executable).with_name("serfbridge")
+        if os.access(script, os.X_OK):
+            commands.append(("serfbridge", shlex.quote(str(script))))
+        else:
+            commands.append(("serfbridge", f"{shlex.quote(sys.executable)} -m serfbridge"))
+    labels = [label for label, _ in commands]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"bench_latency: labels must differ: {labels}")
+    return commands
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30, help="events per handler (max 500)")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between events")
     parser.add_argument("--burst", action="store_true", help="no pause between events")
-    parser.add_argument("--serfbridge", help="serfbridge command (default: this venv's)")
+    parser.add_argument(
+        "--serfbridge",
+        action="append",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="serfbridge command, repeatable (default: this venv's)",
+    )
+    parser.add_argument(
+        "--deb",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a .deb, installed into a temporary root; row LABEL-launcher (repeatable)",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the agents' logs")
     args = parser.parse_args(argv)
@@ -263,39 +332,42 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("serf") is None or shutil.which("curl") is None:
         print("bench_latency: needs serf and curl on PATH", file=sys.stderr)
         return 2
-    script = Path(sys.executable).with_name("serfbridge")
-    if args.serfbridge:
-        binary = shlex.quote(os.path.abspath(args.serfbridge))
-    elif os.access(script, os.X_OK):
-        binary = shlex.quote(str(script))
-    else:
-        binary = f"{shlex.quote(sys.executable)} -m serfbridge"
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+    # The deliverers linger after the last event (and may still write their state): keep going.
+    with tempfile.TemporaryDirectory(prefix="bench-latency-", ignore_cleanup_errors=True) as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        handlers = [
-            ("bash+curl", curl_handler(root, receiver)),
-            ("serfbridge", serfbridge_handler(binary, root, receiver)),
-        ]
-        for index, (name, handler_for) in enumerate(handlers):
-            cluster = Cluster(name.replace("+", "-"), root, handler_for)
-            try:
-                cluster.start()
-                samples = measure(cluster, receiver, events, interval, (index + 1) * 1000)
-            finally:
+        handlers = [("bash+curl", curl_handler(root, receiver))]
+        for label, command in serfbridge_commands(args, root):
+            handlers.append((label, serfbridge_handler(command, root / label, receiver)))
+        clusters = [Cluster(name.replace("+", "-"), root, h) for name, h in handlers]
+        try:
+            for cluster in clusters:
+                cluster.start(settle=False)
+            # Member events are coalesced for up to 3 s (docs/serf.md); let their handler
+            # runs pass so they don't queue in front of the measured events.
+            time.sleep(MEMBER_COALESCE)
+            results = measure(clusters, receiver, events, interval)
+        finally:
+            for cluster in clusters:
                 cluster.stop()
+        for (name, _), samples in zip(handlers, results, strict=True):
             rows += [row(name, where, s) for where, s in samples.items()]
     receiver.shutdown()
-    mode = "burst" if args.burst else f"one every {interval:g} s"
-    print(f"serf event -> webhook POST, {events} events, {mode}, 2 agents on 127.0.0.1")
-    print(f"{'handler':<12} {'node':<7} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'max ms':>8}")
+    mode = "burst" if args.burst else f"one every {interval:g} s per handler"
+    print(f"serf event -> webhook POST, {events} events, {mode}, 2 agents on 127.0.0.1 each")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    base = {r["node"]: r["median_ms"] for r in rows if r["handler"] == "bash+curl"}
+    print(
+        f"{'handler':<18} {'node':<7} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'max ms':>8}"
+        f" {'x bash+curl':>11}"
+    )
     for r in rows:
         print(
-            f"{r['handler']:<12} {r['node']:<7} {r['n']:>4} {r['median_ms']:>10.1f}"
-            f" {r['p90_ms']:>8.1f} {r['max_ms']:>8.1f}"
+            f"{r['handler']:<18} {r['node']:<7} {r['n']:>4} {r['median_ms']:>10.1f}"
+            f" {r['p90_ms']:>8.1f} {r['max_ms']:>8.1f} {r['median_ms'] / base[r['node']]:>11.2f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

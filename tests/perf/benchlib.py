@@ -1,4 +1,7 @@
-"""What the sink benchmarks share: the collector process, events, serfbridge runs, RSS."""
+"""What the benchmarks share: the collector process, events, serfbridge runs, RSS, the .deb
+installed into a temporary root. Standard library only at import (bench_handler.py also runs
+against a frozen build on a host without serfbridge installed): what needs serfbridge imports
+it where it is used."""
 
 from __future__ import annotations
 
@@ -15,10 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.deb import install  # noqa: E402
 from support.proc import clean_environ  # noqa: E402
-
-from serfbridge.capture import jsonenc  # noqa: E402
-from serfbridge.capture.event import parse_event  # noqa: E402
 
 
 class Collector:
@@ -87,6 +88,9 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 def user_events(n: int, tag: str) -> list[tuple[dict[str, Any], str]]:
     """``n`` user events as the handler builds them, and their JSON; payload ``<tag><i>``."""
+    from serfbridge.capture import jsonenc
+    from serfbridge.capture.event import parse_event
+
     out = []
     for i in range(n):
         environ = {
@@ -181,3 +185,22 @@ def order_check(expected: list[str], got: list[str]) -> str:
     first = sorted(set(in_order), key=in_order.index)
     reordered = first != [i for i in expected if i in set(first)]
     return f"FAIL: {len(got)}/{len(expected)}, {missing} missing, {dups} dup, reordered={reordered}"
+
+
+DEB_ROWS = {"launcher": "usr/bin/serfbridge", "deb-frozen": "usr/lib/serfbridge/serfbridge-frozen"}
+
+
+def deb_labels(label: str) -> dict[str, str]:
+    """Row label -> path in the root: ``launcher``/``deb-frozen``, or ``L-launcher``/``L-frozen``
+    for ``--deb L=PATH``."""
+    if not label:
+        return DEB_ROWS
+    return {f"{label}-launcher": DEB_ROWS["launcher"], f"{label}-frozen": DEB_ROWS["deb-frozen"]}
+
+
+def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
+    """The .deb in an empty root exactly as the artifact tests install it (support.deb: dpkg
+    chrootless, so the maintainer scripts byte-compile the launcher's modules as on a real
+    host); (row label, path) per row."""
+    install(Path(os.path.abspath(deb)), root)
+    return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
