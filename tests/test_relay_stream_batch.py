@@ -5,7 +5,11 @@ written holds the records (retried) instead of losing them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -128,3 +132,48 @@ def test_a_spool_that_cannot_be_written_holds_the_records_until_it_can(
         wait_for(lambda: len(hook_payloads(http_receiver)) >= 21, 30, what="the held events",
                  detail=relay.log_tail)  # fmt: skip
         assert list(dict.fromkeys(hook_payloads(http_receiver))) == ["warm", *expected]
+
+
+def test_order_holds_when_wake_ups_are_dropped(
+    tmp_path: Path,
+    agent: SerfAgent,
+    http_receiver: HttpReceiver,
+    serfbridge_cmd: list[str],
+    relay_node: BridgeNode,
+) -> None:
+    """A deliverer that stalls (here: SIGSTOP for 0.3 s at a time) lets its wake-up queue
+    fill: the kernel keeps 10 datagrams (net.unix.max_dgram_qlen) and drops the rest. The
+    files whose wake-up was dropped are older than the next one that gets through, and must
+    still be sent before it."""
+    n = 1500
+    body = (
+        '[relay]\nstream = true\nstream_filter = "user:burst"\n'
+        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "{http_receiver.url_for("/h")}"\n'
+        + FAST
+    )
+    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
+    relay_node.state = relay.state
+    expected = [f"p{k}" for k in range(n)]
+    pid_file = relay.state / "spool" / "deliver.pid"
+    with relay:
+        relay.start()
+        wait_for(lambda: "event stream subscribed" in relay.log_text(), 10, what="stream")
+        raise_burst(agent, expected[:1])
+        wait_for(lambda: hook_payloads(http_receiver), 30, what="the first event")
+        pid = int(pid_file.read_text())
+        burst = threading.Thread(target=raise_burst, args=(agent, expected[1:]))
+        burst.start()
+        try:
+            for _ in range(40):  # bounded: 40 stalls of 0.3 s
+                if not burst.is_alive() and len(hook_payloads(http_receiver)) >= n:
+                    break
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.3)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.2)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            burst.join(60)
+        wait_for(lambda: len(set(hook_payloads(http_receiver))) >= n, 90,
+                 what=f"{n} events at the webhook", detail=relay.log_tail)  # fmt: skip
+        assert list(dict.fromkeys(hook_payloads(http_receiver))) == expected

@@ -251,12 +251,15 @@ class Deliverer:
                     time.sleep(interval)
                 self.reload()
                 touched: list[str] = []
-                for name in names or ():
-                    touched += self.ledger.add_incoming(name)
                 now = time.monotonic()
-                if names is None or now - last_scan >= RESCAN or not wake.active:
+                # A full wake-up queue drops what comes next: a file whose datagram was lost is
+                # older than the named ones, so the listing comes first, and order holds.
+                full = names is not None and len(names) >= wake.capacity
+                if names is None or full or now - last_scan >= RESCAN or not wake.active:
                     touched += self._rescan()
                     last_scan = now
+                for name in names or ():
+                    touched += self.ledger.add_incoming(name)
                 self._dispatch(sorted(set(touched)))
                 if now - last_text >= TEXTFILE_EVERY:
                     self._textfile()

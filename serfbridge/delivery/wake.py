@@ -4,7 +4,10 @@
 deliverer starts on an event the moment it is durable, with no polling delay. The socket is
 a hint, never the record: the deliverer still lists ``incoming/`` every ``RESCAN`` seconds
 (or every ``poll_interval`` where there is no socket, i.e. on Windows), so a lost datagram
-only delays an event, it never loses it.
+only delays an event, it never loses it. The kernel queues ``max_dgram_qlen`` datagrams (10)
+and drops what senders add past that; a drain of that many therefore lists ``incoming/``
+before taking the named entries, so an entry whose wake-up was dropped is still sent before
+the later ones (tests/test_relay_stream_batch.py).
 """
 
 from __future__ import annotations
@@ -15,11 +18,23 @@ import socket
 from serfbridge.capture.spool import wake_address
 
 RESCAN = 1.0
+# Datagrams the kernel queues for a Unix socket before a sender gets EAGAIN (Linux's default).
+DEFAULT_QUEUE = 10
+
+
+def queue_capacity() -> int:
+    """How many wake-ups can wait unread; any sent past that are dropped by the sender."""
+    try:
+        with open("/proc/sys/net/unix/max_dgram_qlen", encoding="ascii") as fh:
+            return max(1, int(fh.read().strip()))
+    except (OSError, ValueError):
+        return DEFAULT_QUEUE
 
 
 class WakeSocket:
     def __init__(self, state_dir: str) -> None:
         self.addr = wake_address(state_dir)
+        self.capacity = queue_capacity()
         self.sock: socket.socket | None = None
         if self.addr is None:
             return
