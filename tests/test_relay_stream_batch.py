@@ -52,6 +52,24 @@ def hook_payloads(http_receiver: HttpReceiver) -> list[str]:
     return [r.json()["payload"] for r in http_receiver.requests if r.status == 200]
 
 
+def webhook_relay(
+    tmp_path: Path,
+    agent: SerfAgent,
+    http_receiver: HttpReceiver,
+    serfbridge_cmd: list[str],
+    relay_node: BridgeNode,
+) -> RelayProcess:
+    """A stream relay (not started) for user events "burst" with one webhook sink."""
+    body = (
+        '[relay]\nstream = true\nstream_filter = "user:burst"\n'
+        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "{http_receiver.url_for("/h")}"\n'
+        + FAST
+    )
+    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
+    relay_node.state = relay.state
+    return relay
+
+
 def test_a_burst_reaches_webhook_redis_and_mqtt_whole_and_in_order(
     tmp_path: Path,
     agent: SerfAgent,
@@ -106,13 +124,7 @@ def test_a_spool_that_cannot_be_written_holds_the_records_until_it_can(
     serfbridge_cmd: list[str],
     relay_node: BridgeNode,
 ) -> None:
-    body = (
-        '[relay]\nstream = true\nstream_filter = "user:burst"\n'
-        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "{http_receiver.url_for("/h")}"\n'
-        + FAST
-    )
-    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
-    relay_node.state = relay.state
+    relay = webhook_relay(tmp_path, agent, http_receiver, serfbridge_cmd, relay_node)
     incoming = relay.state / "spool" / "incoming"
     with relay:
         relay.start()
@@ -146,13 +158,7 @@ def test_order_holds_when_wake_ups_are_dropped(
     files whose wake-up was dropped are older than the next one that gets through, and must
     still be sent before it."""
     n = 1500
-    body = (
-        '[relay]\nstream = true\nstream_filter = "user:burst"\n'
-        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "{http_receiver.url_for("/h")}"\n'
-        + FAST
-    )
-    relay = RelayProcess(tmp_path / "relay", serfbridge_cmd, body, rpc_addr=agent.rpc_addr)
-    relay_node.state = relay.state
+    relay = webhook_relay(tmp_path, agent, http_receiver, serfbridge_cmd, relay_node)
     expected = [f"p{k}" for k in range(n)]
     pid_file = relay.state / "spool" / "deliver.pid"
     with relay:

@@ -26,7 +26,7 @@ from typing import Any
 from serfbridge import log
 from serfbridge.capture.files import append_record, write_atomic
 from serfbridge.capture.spool import spool_dir
-from serfbridge.delivery import entries, stats
+from serfbridge.delivery import entries, reaper, stats
 
 
 @dataclass(order=True, frozen=True)
@@ -137,7 +137,7 @@ class Ledger:
                 spooled.open += len(names) - len(parsed)
                 self.files[path] = spooled
             else:
-                self._unlink(path)
+                reaper.unlink(path)
         return sorted(touched)
 
     def _parse_batch(self, name: str, data: bytes) -> list[tuple[str, tuple[list[str], Any]]]:
@@ -244,14 +244,6 @@ class Ledger:
         with self.lock:
             bisect.insort(self.pending.setdefault(sink, []), item)
 
-    def _unlink(self, path: str) -> None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("cannot remove a delivered entry", path=path, error=str(exc))
-
     def _file_done(self, path: str) -> bool:
         """One more entry of ``path`` is finished for every sink; True when it was the file's
         last (under the lock)."""
@@ -324,7 +316,7 @@ class Ledger:
             remove(unlink)
             return
         for path in unlink:
-            self._unlink(path)
+            reaper.unlink(path)
 
 
 def _insert(items: list[Item], item: Item) -> None:
