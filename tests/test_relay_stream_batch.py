@@ -22,7 +22,7 @@ from support.relay import RelayProcess
 from serfbridge.serf.rpc import SerfRPC
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from support.serf import SerfAgent
@@ -106,10 +106,17 @@ def test_a_burst_reaches_webhook_redis_and_mqtt_whole_and_in_order(
             relay.start()
             wait_for(lambda: "event stream subscribed" in relay.log_text(), 10, what="stream")
             raise_burst(agent, expected)
-            for what, got in (("webhook", lambda: hook_payloads(http_receiver)),
-                              ("redis", redis_payloads), ("mqtt", mqtt_payloads)):  # fmt: skip
-                wait_for(lambda got=got: len(set(got())) >= n, 60, what=f"{n} events at {what}",
-                         detail=relay.log_tail)  # fmt: skip
+            readers: list[tuple[str, Callable[[], list[str]]]] = [
+                ("webhook", lambda: hook_payloads(http_receiver)),
+                ("redis", redis_payloads),
+                ("mqtt", mqtt_payloads),
+            ]
+            for what, got in readers:
+
+                def complete(got: Callable[[], list[str]] = got) -> bool:
+                    return len(set(got())) >= n
+
+                wait_for(complete, 60, what=f"{n} events at {what}", detail=relay.log_tail)
                 # At least once, in order: a resend may repeat, never reorder.
                 assert list(dict.fromkeys(got())) == expected, what
     finally:
