@@ -111,11 +111,12 @@ class Ledger:
             except entries.BadEntry as exc:
                 entries.reject(self.state_dir, path, str(exc))
                 return []
+            names = [name]
         else:
-            parsed = self._parse_batch(name, data)
-        names = [n for n, _ in parsed]
-        if batch and len(names) < len(entries.split_batch(data)):
-            names = entries.batch_names(name, data)  # a bad line not yet kept holds the file
+            lines = entries.split_batch(data)
+            parsed = self._parse_batch(name, lines)
+            # Every line's name, also of a bad line not yet kept: that one holds the file.
+            names = [entries.line_name(name, k) for k in range(len(lines))]
         touched: set[str] = set()
         with self.lock:
             spooled = SpoolFile(names, 0)
@@ -140,11 +141,13 @@ class Ledger:
                 reaper.unlink(path)
         return sorted(touched)
 
-    def _parse_batch(self, name: str, data: bytes) -> list[tuple[str, tuple[list[str], Any]]]:
+    def _parse_batch(
+        self, name: str, lines: list[bytes]
+    ) -> list[tuple[str, tuple[list[str], Any]]]:
         """The good lines of a batch file with their entry names; each bad line is kept in
         ``rejected/`` alone (if that fails, it is left out and the file stays for a restart)."""
         out: list[tuple[str, tuple[list[str], Any]]] = []
-        for k, line in enumerate(entries.split_batch(data)):
+        for k, line in enumerate(lines):
             entry_name = entries.line_name(name, k)
             try:
                 out.append((entry_name, entries.parse_incoming(line)))
