@@ -52,6 +52,7 @@ def hook_payloads(http_receiver: HttpReceiver) -> list[str]:
     return [r.json()["payload"] for r in http_receiver.requests if r.status == 200]
 
 
+@pytest.fixture
 def webhook_relay(
     tmp_path: Path,
     agent: SerfAgent,
@@ -125,13 +126,9 @@ def test_a_burst_reaches_webhook_redis_and_mqtt_whole_and_in_order(
 
 
 def test_a_spool_that_cannot_be_written_holds_the_records_until_it_can(
-    tmp_path: Path,
-    agent: SerfAgent,
-    http_receiver: HttpReceiver,
-    serfbridge_cmd: list[str],
-    relay_node: BridgeNode,
+    agent: SerfAgent, http_receiver: HttpReceiver, webhook_relay: RelayProcess
 ) -> None:
-    relay = webhook_relay(tmp_path, agent, http_receiver, serfbridge_cmd, relay_node)
+    relay = webhook_relay
     incoming = relay.state / "spool" / "incoming"
     with relay:
         relay.start()
@@ -154,18 +151,14 @@ def test_a_spool_that_cannot_be_written_holds_the_records_until_it_can(
 
 
 def test_order_holds_when_wake_ups_are_dropped(
-    tmp_path: Path,
-    agent: SerfAgent,
-    http_receiver: HttpReceiver,
-    serfbridge_cmd: list[str],
-    relay_node: BridgeNode,
+    agent: SerfAgent, http_receiver: HttpReceiver, webhook_relay: RelayProcess
 ) -> None:
     """A deliverer that stalls (here: SIGSTOP for 0.3 s at a time) lets its wake-up queue
     fill: the kernel keeps 10 datagrams (net.unix.max_dgram_qlen) and drops the rest. The
     files whose wake-up was dropped are older than the next one that gets through, and must
     still be sent before it."""
     n = 1500
-    relay = webhook_relay(tmp_path, agent, http_receiver, serfbridge_cmd, relay_node)
+    relay = webhook_relay
     expected = [f"p{k}" for k in range(n)]
     pid_file = relay.state / "spool" / "deliver.pid"
     with relay:
