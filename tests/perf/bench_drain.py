@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from benchlib import (
     profile_top,
     run_measured,
     serfbridge_argv,
+    tear_down,
     user_events,
     wait_until,
 )
@@ -303,13 +303,7 @@ def main() -> int:
         idle = {tree.label: flush(tree, "idle") for tree in trees}
     finally:
         collector.close()
-        for server in (rserver, broker):
-            if server.is_running:
-                server.stop()
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tear_down([rserver, broker], work, keep=args.keep)
 
     print_table(n, rows, trees, idle, left)
     if args.profile:

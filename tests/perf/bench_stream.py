@@ -36,7 +36,7 @@ from typing import Any
 
 import redis
 from bench_relay import start_agent
-from benchlib import Collector, profile_top, serfbridge_argv, serfbridge_env
+from benchlib import Collector, profile_top, serfbridge_argv, serfbridge_env, tear_down
 from support.ports import free_port
 from support.servers import Mosquitto, RedisServer
 
@@ -331,13 +331,7 @@ def main() -> int:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for server in (rserver, broker):
-            if server.is_running:
-                server.stop()
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        tear_down([rserver, broker], work, keep=args.keep)
     print_table(results, capture_rate, rss, n, args.rounds)
     if args.profile:
         for name in ("relay-capture-only.txt", "relay.txt", "deliverer.txt"):

@@ -204,3 +204,15 @@ def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
     host); (row label, path) per row."""
     install(Path(os.path.abspath(deb)), root)
     return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
+
+
+def tear_down(servers: list[Any], work: Path, *, keep: bool) -> None:
+    """Stop the servers a benchmark started (those still running) and remove its work
+    directory, or say where it was kept."""
+    for server in servers:
+        if server.is_running:
+            server.stop()
+    if keep:
+        print(f"kept {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
