@@ -15,6 +15,11 @@ apt_install() {
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
+    # Debian's own Python too, where python3 is another one: the pip-install tests make a
+    # venv of it (tests/test_pip_install.py).
+    if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c "import venv, ensurepip" 2>/dev/null; then
+        missing+=(python3-venv)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "installing Debian packages: ${missing[*]}" >&2
     local sudo=""

@@ -2,8 +2,9 @@
 
 Real installs into fresh venvs (the wheel built once per session, and an editable install):
 hatch_build.py ships `serfbridge` (a shell script) and `serfbridge-python` instead of a
-console-script entry point. A `sitecustomize` planted in each venv writes a marker file when
-`site` runs, which shows which start each run took. The venvs get no dependencies: the
+console-script entry point. A `.pth` file planted in each venv's site-packages writes a marker
+file when `site` runs (a `sitecustomize` would not do: Debian's Python has its own, earlier on
+the path), which shows which start each run took. The venvs get no dependencies: the
 config cache is written first by this checkout's serfbridge (same key: config path,
 SERFBRIDGE_* variables, version), so a handler run that needed anything beyond the standard
 library would fail.
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 300.0
-SITECUSTOMIZE = "import os\nopen(os.environ['SB_TEST_MARKER'], 'a').close()\n"
+MARKER_PTH = "import os; open(os.environ['SB_TEST_MARKER'], 'a').close()\n"
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +44,19 @@ def pip(venv: Path | None, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def make_venv(path: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=TIMEOUT
-    )
+def interpreters() -> list[str]:
+    """This interpreter, and Debian's own where it is another one: Debian patches
+    ``site.getsitepackages`` (``dist-packages``), which a venv of its Python must survive."""
+    debian = "/usr/bin/python3"
+    if sys.base_prefix == "/usr" or not os.path.exists(debian):
+        return [sys.executable]
+    return [sys.executable, debian]
+
+
+def make_venv(path: Path, python: str = sys.executable) -> Path:
+    subprocess.run([python, "-m", "venv", "--without-pip", str(path)], check=True, timeout=TIMEOUT)
     (site,) = path.glob("lib/python3*/site-packages")
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    (site / "zz-test-marker.pth").write_text(MARKER_PTH, encoding="utf-8")
     return path
 
 
@@ -110,8 +118,9 @@ def test_installed_scripts_and_no_console_script(wheel: Path, tmp_path: Path) ->
     assert not entry_points.exists() or "serfbridge.cli" not in entry_points.read_text()
 
 
-def test_handler_run_skips_site(wheel: Path, tmp_path: Path, setup: Setup) -> None:
-    venv = make_venv(tmp_path / "venv")
+@pytest.mark.parametrize("python", interpreters())
+def test_handler_run_skips_site(wheel: Path, tmp_path: Path, setup: Setup, python: str) -> None:
+    venv = make_venv(tmp_path / "venv", python)
     pip(venv, "install", "--no-deps", str(wheel))
     proc = setup.run([str(venv / "bin" / "serfbridge")], handler=True)
     assert proc.returncode == 0, proc.stderr

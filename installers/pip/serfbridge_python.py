@@ -2,8 +2,8 @@
 # `serfbridge-python` of a pip install; `serfbridge` beside it runs this file with -I -S (see
 # installers/pip/serfbridge and docs/building.md). The wheel ships it as a script, so pip
 # rewrites the shebang to the interpreter it installs into; run directly it starts normally.
-# Under -S no `site` has run, and sys.prefix is still the base interpreter's even in a venv
-# (site.venv() would move it): find the venv from its pyvenv.cfg as site does, add only its
+# Under -S no `site` has run, and sys.prefix is still the base interpreter's even in a venv:
+# find the venv from its pyvenv.cfg and move sys.prefix there as site.venv() does, add only its
 # site-packages and import serfbridge from there (the capture path needs only the standard
 # library). An editable install is found through its .pth file, so there `site` runs after
 # all; a --user install (user site is off under -I) starts again without flags. Kept short:
@@ -16,9 +16,11 @@ if sys.flags.no_site:
 
     bindir = os.path.dirname(os.path.abspath(sys.executable))
     venv = os.path.dirname(bindir)
-    if not any(os.path.isfile(os.path.join(d, "pyvenv.cfg")) for d in (bindir, venv)):
-        venv = sys.prefix
-    sys.path.extend(p for p in site.getsitepackages([venv]) if p not in sys.path)
+    if any(os.path.isfile(os.path.join(d, "pyvenv.cfg")) for d in (bindir, venv)):
+        # As site.venv() does; Debian's getsitepackages() names the venv's site-packages
+        # only once sys.prefix is the venv (else dist-packages alone).
+        sys.prefix = sys.exec_prefix = venv
+    sys.path.extend(p for p in site.getsitepackages([sys.prefix]) if p not in sys.path)
     try:
         from serfbridge.cli import script_main
     except ImportError:
