@@ -116,6 +116,7 @@ def test_filters_and_when_only_for_sinks_that_have_them(tmp_path: Path) -> None:
     )
     modules = handler_modules(tmp_path, body, USER, b"v1\n")
     assert {"serfbridge.capture.filters", "serfbridge.capture.when"} <= modules
+    assert "__future__" not in modules
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == RUNS
 
 
@@ -123,6 +124,7 @@ def test_relay_ids_only_for_a_payload_with_the_trailer(tmp_path: Path) -> None:
     stdin = relay_ids.attach(b"v1", relay_ids.make("entry-1")) + b"\n"
     modules = handler_modules(tmp_path, "", USER, stdin)
     assert "serfbridge.capture.relay_ids" in modules
+    assert "__future__" not in modules
     line = (tmp_path / "state" / "events.jsonl").read_bytes().splitlines()[-1]
     assert json.loads(line)["payload"] == "v1"
 

@@ -6,8 +6,6 @@ Spaces around terms are ignored (Serf would reject them).
 matches every user event. Names match exactly, as in Serf (no globs).
 """
 
-from __future__ import annotations
-
 from serfbridge.capture.event import EVENT_TYPES
 
 TYPE_CHECKING = False
@@ -17,7 +15,7 @@ if TYPE_CHECKING:
 _VALID = (*EVENT_TYPES, "*")
 
 
-def parse(spec: str) -> list[FilterTerm]:
+def parse(spec: str) -> "list[FilterTerm]":
     """Parse a filter; raises ValueError naming the first invalid term."""
     terms: list[FilterTerm] = []
     for raw in (spec or "*").split(","):
@@ -34,7 +32,7 @@ def parse(spec: str) -> list[FilterTerm]:
     return terms
 
 
-def matches(terms: list[FilterTerm], event: str, name: str | None) -> bool:
+def matches(terms: "list[FilterTerm]", event: str, name: str | None) -> bool:
     for kind, want in terms:
         if kind == "*" or (kind == event and (want is None or want == name)):
             return True

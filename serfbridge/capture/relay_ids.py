@@ -18,8 +18,6 @@ where a NUL cannot go. Capture path: builtins only; a handler run imports this m
 a payload that carries the trailer.
 """
 
-from __future__ import annotations
-
 from serfbridge.capture.event import RELAY_ID_PREFIX as PREFIX
 
 DIGITS = 16

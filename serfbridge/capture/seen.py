@@ -13,8 +13,6 @@ busy past ``LOCK_WAIT``) answers "first time" for the same reason. No fsync: aft
 a repeat may pass, which is the safe side. Capture path: builtins only.
 """
 
-from __future__ import annotations
-
 import os
 
 from serfbridge import log

@@ -20,8 +20,6 @@ The config is compiled (``compile``) when the cache is built; the handler evalua
 (``matches``) with plain string operations, importing nothing.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -38,7 +36,9 @@ def tag_key(name: str) -> str:
     return "".join(out).lower()
 
 
-def compile_when(spec: Mapping[str, str | list[str]] | None) -> list[WhenTerm] | None:
+def compile_when(
+    spec: "Mapping[str, str | list[str]] | None",
+) -> "list[WhenTerm] | None":
     """``{"role": ["web", "a*"]}`` -> ``[("role", ["web"], [["a", ""]])]``; ValueError if bad.
 
     Each term is (folded key, exact values, globs); a glob is its text split on ``*``.
@@ -117,7 +117,7 @@ def glob_match(parts: list[str], text: str) -> bool:
     return True
 
 
-def matches(terms: list[WhenTerm] | None, node: Node) -> bool:
+def matches(terms: "list[WhenTerm] | None", node: "Node") -> bool:
     """Whether the node (the event document's ``node``) is selected by ``terms``."""
     if not terms:
         return True
@@ -136,7 +136,7 @@ def matches(terms: list[WhenTerm] | None, node: Node) -> bool:
     return True
 
 
-def describe(terms: list[WhenTerm] | None) -> str:
+def describe(terms: "list[WhenTerm] | None") -> str:
     """``role=web|api dc=east`` (compiled keys, globs with their ``*``) for dry-run output."""
     if not terms:
         return "every node"
