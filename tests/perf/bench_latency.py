@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
 import shlex
@@ -64,6 +65,10 @@ exec curl -s -m 2 -X POST -H 'Content-Type: application/json' --data-binary @- {
 NODES = ("a", "b")
 SETTLE_TIMEOUT = 30.0
 MEMBER_COALESCE = 4.0
+# The local latency of a serfbridge row split at the handler's run() (the document's
+# received_at): Serf's fork/exec, the shell and the interpreter's start before it; config,
+# document, spool write, wake-up, the deliverer and the POST after it.
+SPLIT = ("to run()", "run()->POST")
 
 
 class Receiver(ThreadingHTTPServer):
@@ -75,14 +80,18 @@ class Receiver(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.arrivals: dict[tuple[str, int], float] = {}
+        # serfbridge's documents: (wall clock at arrival, the document's ``received_at``)
+        self.stamps: dict[tuple[str, int], tuple[float, float]] = {}
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
-    def record(self, node: str, seq: int) -> None:
+    def record(self, node: str, seq: int, received_at: float | None) -> None:
         now = time.monotonic()
         with self.lock:
             self.arrivals.setdefault((node, seq), now)
+            if received_at is not None:
+                self.stamps.setdefault((node, seq), (time.time(), received_at))
 
     def count(self) -> int:
         with self.lock:
@@ -96,10 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         node = self.path.strip("/").split("/")[-1]
         try:
-            seq = _seq(body)
+            seq, received_at = _seq(body)
         except ValueError:
-            seq = -1
-        self.server.record(node, seq)
+            seq, received_at = -1, None
+        self.server.record(node, seq, received_at)
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -108,13 +117,19 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def _seq(body: bytes) -> int:
-    """The event number: the payload itself (curl) or the document's payload (serfbridge)."""
+def _seq(body: bytes) -> tuple[int, float | None]:
+    """The event number: the payload itself (curl) or the document's payload (serfbridge),
+    with the document's ``received_at`` (when the handler's ``run()`` began, ms precision)."""
     text = body.decode().strip()
-    if text.startswith("{"):
-        doc = json.loads(text)
-        text = str(doc.get("payload", "")).strip()
-    return int(text)
+    if not text.startswith("{"):
+        return int(text), None
+    doc = json.loads(text)
+    stamp = str(doc.get("received_at", ""))
+    when = None
+    if stamp.endswith("Z") and "." in stamp:
+        whole, _, frac = stamp[:-1].partition(".")
+        when = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(frac) / 1000
+    return int(str(doc.get("payload", "")).strip()), when
 
 
 def free_port() -> int:
@@ -223,6 +238,7 @@ def measure(
     its events from ``(i + 1) * 1000``."""
     bases = [(index + 1) * 1000 for index in range(len(clusters))]
     sent: list[dict[int, float]] = [{} for _ in clusters]
+    sent_wall: list[dict[int, float]] = [{} for _ in clusters]
     rpcs = [SerfRPC(f"127.0.0.1:{c.rpc_ports['a']}") for c in clusters]
     for rpc in rpcs:
         rpc.__enter__()
@@ -238,6 +254,7 @@ def measure(
             for k, rpc in enumerate(rpcs):
                 seq = bases[k] + i
                 sent[k][seq] = time.monotonic()
+                sent_wall[k][seq] = time.time()
                 rpc.event("bench", str(seq).encode(), coalesce=False)
                 if tick:
                     time.sleep(tick)
@@ -253,11 +270,16 @@ def measure(
     wait(arrived, 60 + events * len(clusters) * 0.5, f"{len(expected)} POSTs at the receiver")
     out: list[dict[str, list[float]]] = []
     with receiver.lock:
-        for one in sent:
+        for one, walls in zip(sent, sent_wall, strict=True):
             samples: dict[str, list[float]] = {"local": [], "remote": []}
             for seq, t0 in one.items():
                 samples["local"].append((receiver.arrivals[("a", seq)] - t0) * 1000)
                 samples["remote"].append((receiver.arrivals[("b", seq)] - t0) * 1000)
+                stamps = receiver.stamps.get(("a", seq))
+                if stamps is not None:
+                    arrived_wall, began = stamps
+                    samples.setdefault(SPLIT[0], []).append((began - walls[seq]) * 1000)
+                    samples.setdefault(SPLIT[1], []).append((arrived_wall - began) * 1000)
             out.append(samples)
     return out
 
@@ -353,8 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for cluster in clusters:
                 cluster.stop()
+        splits: list[dict[str, Any]] = []
         for (name, _), samples in zip(handlers, results, strict=True):
-            rows += [row(name, where, s) for where, s in samples.items()]
+            rows += [row(name, where, s) for where, s in samples.items() if where not in SPLIT]
+            splits += [row(name, where, s) for where, s in samples.items() if where in SPLIT]
     receiver.shutdown()
     mode = "burst" if args.burst else f"one every {interval:g} s per handler"
     print(f"serf event -> webhook POST, {events} events, {mode}, 2 agents on 127.0.0.1 each")
@@ -369,8 +393,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['handler']:<18} {r['node']:<7} {r['n']:>4} {r['median_ms']:>10.1f}"
             f" {r['p90_ms']:>8.1f} {r['max_ms']:>8.1f} {r['median_ms'] / base[r['node']]:>11.2f}"
         )
+    if splits:
+        print(
+            "\nlocal latency split at the handler's run() (received_at, ms precision; wall clock)"
+        )
+        print(f"{'handler':<18} {'part':<12} {'n':>4} {'median ms':>10} {'p90 ms':>8}")
+        for r in splits:
+            print(
+                f"{r['handler']:<18} {r['node']:<12} {r['n']:>4} {r['median_ms']:>10.1f}"
+                f" {r['p90_ms']:>8.1f}"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(rows + splits, indent=2) + "\n")
     return 0
 
 
