@@ -75,11 +75,13 @@ def test_every_event_type_reaches_jetstream_once(
     assert {d["id"] for d in stored} == {d["id"] for d in redis_server.event_docs()}
     ids = Counter(d["id"] for d in stored)
     assert max(ids.values()) == 1, ids
-    # The dedupe did work: several nodes sent the same member events (a leave or failure
-    # that every survivor saw; joins can differ per node in the members they list).
+    # The dedupe did work: several nodes sent the same event. The user event is the one
+    # that is sure to be copied (every node forwards it under the same id); member events
+    # are coalesced per node, so two nodes' leave or failure can list different members and
+    # get different ids.
     sent = Counter(d["id"] for d in stream.docs())
     copied = {d["event"] for d in stored if sent[d["id"]] > 1}
-    assert copied & {"member-leave", "member-failed"}, sent
+    assert "user" in copied, sent
     headers = [h for _, h, _ in stream.messages]
     assert all(h["Nats-Msg-Id"] for h in headers)
 
