@@ -31,12 +31,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
+from bench_drain import bare_http, bare_mqtt, bare_redis
 from bench_relay import start_agent
-from benchlib import Collector, profile_top, serfbridge_argv, serfbridge_env, tear_down
+from benchlib import (
+    Collector,
+    profile_top,
+    serfbridge_argv,
+    serfbridge_env,
+    tear_down,
+    user_events,
+)
 from support.ports import free_port
 from support.servers import Mosquitto, RedisServer
 
@@ -45,20 +54,37 @@ from serfbridge.serf.rpc import SerfRPC
 STALL = 15.0  # seconds without a new arrival anywhere: the rest is lost
 
 
-def write_config(
-    work: Path, addr: str, http: int, redis_url: str, mqtt: int, name: str = "stream"
-) -> Path:
+SINKS = ("webhook", "redis", "mqtt")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the relay's sinks point, and which of them this run configures."""
+
+    addr: str
+    http: int
+    redis_url: str
+    mqtt: int
+    sinks: tuple[str, ...] = SINKS
+    in_flight: int = 1  # the webhook's max_in_flight
+
+
+def write_config(work: Path, setup: Setup, name: str = "stream") -> Path:
     config = work / f"{name}.toml"
     spawn = "false" if name == "capture" else "true"
+    blocks = {
+        "webhook": f'[[sinks]]\ntype = "webhook"\nname = "hook"\n'
+        f'url = "http://127.0.0.1:{setup.http}/hook"\nmax_in_flight = {setup.in_flight}\n',
+        "redis": f'[[sinks]]\ntype = "redis"\nname = "redis"\nurl = "{setup.redis_url}"\n'
+        'stream = "bench"\nmaxlen = 1000000\n',
+        "mqtt": f'[[sinks]]\ntype = "mqtt"\nname = "mqtt"\nurl = "mqtt://127.0.0.1:{setup.mqtt}"\n'
+        'topic = "bench/{event}"\nqos = 1\n',
+    }
     config.write_text(
         f'state_dir = "{work / name}"\nlog_file = "{work / name}.log"\n'
-        f'log_level = "warning"\nspawn_deliverer = {spawn}\n[serf]\nrpc_addr = "{addr}"\n'
+        f'log_level = "warning"\nspawn_deliverer = {spawn}\n[serf]\nrpc_addr = "{setup.addr}"\n'
         '[relay]\nstream = true\nstream_filter = "user:bench"\n'
-        f'[[sinks]]\ntype = "webhook"\nname = "hook"\nurl = "http://127.0.0.1:{http}/hook"\n'
-        f'[[sinks]]\ntype = "redis"\nname = "redis"\nurl = "{redis_url}"\nstream = "bench"\n'
-        "maxlen = 1000000\n"
-        f'[[sinks]]\ntype = "mqtt"\nname = "mqtt"\nurl = "mqtt://127.0.0.1:{mqtt}"\n'
-        'topic = "bench/{event}"\nqos = 1\n'
+        + "".join(blocks[sink] for sink in setup.sinks)
     )
     return config
 
@@ -106,12 +132,11 @@ def raise_events(addr: str, payloads: list[str]) -> tuple[float, dict[str, float
     return started, sent
 
 
-def capture_only(
-    work: Path, addr: str, http: int, redis_url: str, mqtt: int, n: int, profile: Path | None
-) -> float:
+def capture_only(work: Path, setup: Setup, n: int, profile: Path | None) -> float:
     """The relay's own part: records -> spool/incoming with no deliverer running, events/s
     from the first event raised until all ``n`` entries are in the spool."""
-    config = write_config(work, addr, http, redis_url, mqtt, name="capture")
+    addr = setup.addr
+    config = write_config(work, setup, name="capture")
     incoming = work / "capture/spool/incoming"
     with (work / "relay-capture.log").open("wb") as log:
         relay = subprocess.Popen(
@@ -153,6 +178,20 @@ def capture_only(
     finally:
         relay.terminate()
         relay.wait(15)
+
+
+def bare_loops(setup: Setup, n: int) -> dict[str, float]:
+    """Each configured sink's ceiling here: a bare client sending the same documents to the
+    same receiver (bench_drain.py's loops: one keep-alive connection and one POST at a time;
+    Redis pipelines of 500; MQTT QoS 1 with PUBLISHes in flight), events/s."""
+    docs = user_events(n, "bare-")
+    bodies = [text.encode() for _, text in docs]
+    loops = {
+        "webhook": lambda: bare_http(f"http://127.0.0.1:{setup.http}/bare", bodies),
+        "redis": lambda: bare_redis(setup.redis_url, docs, pipeline=500),
+        "mqtt": lambda: bare_mqtt(setup.mqtt, bodies, window=True),
+    }
+    return {f"bare client loop -> {sink}": n / loops[sink]() for sink in setup.sinks}
 
 
 def round_stats(
@@ -201,7 +240,7 @@ def print_table(
         rate = statistics.median(r["rate"] for r in per_round)
         got = min(r["got"] for r in per_round)
         if "p50" not in per_round[0]:
-            print(f"| {label} | {rate:.0f} | 1.00 | {got}/{n} | | | |")
+            print(f"| {label} | {rate:.0f} | {rate / agent:.2f} | {got}/{n} | | | |")
             continue
         p50 = statistics.median(r["p50"] for r in per_round)
         p90 = statistics.median(r["p90"] for r in per_round)
@@ -229,8 +268,10 @@ def run_rounds(
     rss: dict[str, float] = {}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    capture_rate = capture_only(work, addr, http_port, rserver.url, broker.port, n, args.profile)
-    config = write_config(work, addr, http_port, rserver.url, broker.port)
+    setup = Setup(addr, http_port, rserver.url, broker.port, args.sinks, args.webhook_in_flight)
+    capture_rate = capture_only(work, setup, n, args.profile)
+    config = write_config(work, setup)
+    wanted = [SINKS.index(sink) for sink in args.sinks]
     with (work / "relay.log").open("wb") as log:
         relay = subprocess.Popen(
             serfbridge_argv(config, "relay"),
@@ -238,18 +279,20 @@ def run_rounds(
         )  # fmt: skip
     procs.append(relay)
 
-    def arrived() -> tuple[int, int, int, int]:
-        http, mqtt, serf = collector.counts()
+    def arrived() -> tuple[int, ...]:
+        """What each configured sink received so far, in ``args.sinks`` order."""
+        http, mqtt, _ = collector.counts()
         client = redis.Redis.from_url(rserver.url, protocol=2)
         try:
             xlen = int(client.xlen("bench"))
         finally:
             client.close()
-        return http, mqtt, xlen, serf
+        counts = (http, xlen, mqtt)
+        return tuple(counts[k] for k in wanted)
 
     # Warm-up: the subscription, the deliverer, the sinks' connections.
     deadline = time.monotonic() + 60
-    while min(arrived()[:3]) < 1 and time.monotonic() < deadline:
+    while min(arrived()) < 1 and time.monotonic() < deadline:
         raise_events(addr, [f"warm-{time.time()}"])
         time.sleep(1)
     time.sleep(2)
@@ -267,18 +310,25 @@ def run_rounds(
         started, sent = raise_events(addr, payloads)
         agent_rate = n / (max(sent.values()) - started)
         last, last_change = arrived(), time.monotonic()
-        while min(last[:3]) < n and time.monotonic() - last_change < STALL:
+        while min(last) < n and time.monotonic() - last_change < STALL:
             time.sleep(0.1)
             now = arrived()
             if now != last:
                 last, last_change = now, time.monotonic()
         received = collector.ids()
-        channels = {
-            "bare RPC stream subscriber": [(p, t) for _, p, t in received["serf"]],
-            "relay -> webhook": [(p, t) for _, p, t in received["http"]],
-            "relay -> redis": redis_arrivals(rserver.url),
-            "relay -> mqtt": [(p, t) for _, p, t in received["mqtt"]],
+        by_sink = {
+            "webhook": [(p, t) for _, p, t in received["http"]],
+            "redis": redis_arrivals(rserver.url),
+            "mqtt": [(p, t) for _, p, t in received["mqtt"]],
         }
+        hook = (
+            "webhook"
+            if args.webhook_in_flight == 1
+            else (f"webhook, max_in_flight = {args.webhook_in_flight}")
+        )
+        channels = {"bare RPC stream subscriber": [(p, t) for _, p, t in received["serf"]]}
+        for sink in args.sinks:
+            channels[f"relay -> {hook if sink == 'webhook' else sink}"] = by_sink[sink]
         results.setdefault("agent: RPC `event` loop, one connection", []).append(
             {"rate": agent_rate, "got": n}
         )
@@ -286,6 +336,9 @@ def run_rounds(
             results.setdefault(label, []).append(stats)
     for proc in spies:
         proc.wait(60)
+    for label, rate in bare_loops(setup, n).items():
+        results[label] = [{"rate": rate, "got": n}]
+    collector.ids()
     rss["relay"] = peak_rss_mb(relay.pid)
     try:
         pid = int((work / "stream/spool/deliver.pid").read_text())
@@ -301,7 +354,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", type=Path, help="run the relay under py-spy, output here")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--sinks",
+        default=",".join(SINKS),
+        help="the relay's sinks, all in one deliverer (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-in-flight", type=int, default=1, help="the webhook's max_in_flight (1-32)"
+    )
     args = parser.parse_args()
+    args.sinks = tuple(s.strip() for s in args.sinks.split(",") if s.strip())
+    if not args.sinks or set(args.sinks) - set(SINKS):
+        parser.error(f"--sinks: a comma-separated subset of {', '.join(SINKS)}")
     n = args.events
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     procs: list[subprocess.Popen[bytes]] = []
