@@ -167,7 +167,12 @@ def test_serf_agent_runs_launcher_like_frozen_for_every_event_type(
         config=FAST_REAP,
     )
     cluster["n1"].event("deploy", b'{"v":1}')
-    result = cluster["n1"].query("load", "hi")
+    # Serf runs a node's handlers one event at a time: once both have recorded the user
+    # event everywhere, the joins are behind them and the query's handler runs at once.
+    # The timeout is generous because a loaded machine starts the frozen build slowly.
+    for node in (*fast.values(), *frozen.values()):
+        node.wait_event(lambda e: e["event"] == "user", "user")
+    result = cluster["n1"].query("load", "hi", "-timeout=10s")
     assert result["Responses"] == {n: f"load from {n} payload=hi" for n in names}
     cluster["n2"].tags(set={"list": "a,b=c"})
     fast["n1"].wait_event(lambda e: e["event"] == "member-update", "member-update")

@@ -213,3 +213,62 @@ def test_an_entry_whose_unlink_was_cut_off_is_not_sent_again(tmp_path: Path) -> 
     assert [item.name for item, _ in restarted.first("a", 10)] == names[3:]
     assert [item.name for item, _ in restarted.first("b", 10)] == names[3:]
     assert spool_files(node, "incoming") == names[3:]
+
+
+def test_progress_compaction_keeps_what_a_sink_finishes_meanwhile(tmp_path: Path) -> None:
+    """The deliverer compacts the progress files (when the spool looks drained) while sink
+    threads may still append to them: no name a sink finished may be lost by the rewrite,
+    or a restart sends those lines of a batch file again. Real threads and files: three
+    sinks finish the lines of one batch file one by one while the compaction runs in a loop
+    (bounded by count), and a fourth sink keeps the file on disk."""
+    import sys
+    import threading
+
+    node = BridgeNode(tmp_path, "n1")
+    lines, finishing = 3000, ["a", "b", "c"]
+    docs = []
+    for ltime in range(1, lines + 1):
+        environ = {
+            "SERF_EVENT": "user",
+            "SERF_USER_EVENT": "seq",
+            "SERF_USER_LTIME": str(ltime),
+            "SERF_SELF_NAME": "node-a",
+        }
+        docs.append(([*finishing, "d"], jsonenc.dumps(parse_event(environ, b"", 0))))
+    spool.capture_many(str(node.state), docs)
+    ledger = Ledger(str(node.state))
+    ledger.load_progress()
+    ledger.scan_incoming()
+    finished = threading.Event()
+
+    def compact() -> None:
+        for _ in range(1_000_000):
+            if finished.is_set():
+                return
+            ledger.compact_progress()
+
+    def finish(sink: str) -> None:
+        for item, _ in ledger.first(sink, lines):
+            ledger.finish_many(sink, [item], remove=lambda _paths: None)
+
+    threads = [threading.Thread(target=finish, args=(sink,)) for sink in finishing]
+    compactor = threading.Thread(target=compact)
+    # Switch threads as often as the interpreter can, so that they interleave everywhere.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        compactor.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        finished.set()
+        compactor.join(60)
+        sys.setswitchinterval(switch)
+    restarted = Ledger(str(node.state))
+    restarted.load_progress()
+    restarted.scan_incoming()
+    for sink in finishing:
+        assert restarted.first(sink, lines) == [], f"{sink}: finished lines would be sent again"
+    assert len(restarted.first("d", lines)) == lines

@@ -57,6 +57,10 @@ class Ledger:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         self.lock = threading.Lock()
+        # Held around every write of a progress file: a sink's append between the
+        # compaction's snapshot and its rename would be replaced by the rewrite, and a
+        # restart would send those names again. Taken before ``lock``, never inside it.
+        self.progress_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.pending: dict[str, list[Item]] = {}
         self.queued_events: dict[str, dict[str, Any]] = {}  # path -> event, queue/ items
@@ -77,19 +81,20 @@ class Ledger:
         """Keep only names of files still in ``incoming/``: the progress files stay as small
         as the backlog. A finished line of a batch file still on disk is kept, or a restart
         would send it again."""
-        with self.lock:
-            live = set(self.entries)
-            for spooled in self.files.values():
-                live.update(spooled.names)
-            for sink in self.done:
-                self.done[sink] &= live
-            keep = {s: sorted(d) for s, d in self.done.items()}
-        for sink, names in keep.items():
-            path = spool_dir(self.state_dir, "progress", sink + ".done")
-            try:
-                write_atomic(path, "".join(n + "\n" for n in names).encode(), durable=False)
-            except OSError as exc:
-                log.warning("cannot compact a progress file", sink=sink, error=str(exc))
+        with self.progress_lock:
+            with self.lock:
+                live = set(self.entries)
+                for spooled in self.files.values():
+                    live.update(spooled.names)
+                for sink in self.done:
+                    self.done[sink] &= live
+                keep = {s: sorted(d) for s, d in self.done.items()}
+            for sink, names in keep.items():
+                path = spool_dir(self.state_dir, "progress", sink + ".done")
+                try:
+                    write_atomic(path, "".join(n + "\n" for n in names).encode(), durable=False)
+                except OSError as exc:
+                    log.warning("cannot compact a progress file", sink=sink, error=str(exc))
 
     def add_incoming(self, name: str) -> list[str]:
         """Read ``incoming/<name>`` (an entry or a batch file); returns the sinks it has
@@ -304,17 +309,18 @@ class Ledger:
         of being sent again."""
         if not items:
             return
-        with self.lock:
-            names, unlink = self._finish_locked(sink, items)
-        if names:
-            try:
-                append_record(
-                    spool_dir(self.state_dir, "progress", sink + ".done"),
-                    "".join(n + "\n" for n in names).encode(),
-                )
-            except OSError as exc:
-                # Not fatal: without the lines these events are sent again after a restart.
-                log.warning("cannot record delivery progress", sink=sink, error=str(exc))
+        with self.progress_lock:
+            with self.lock:
+                names, unlink = self._finish_locked(sink, items)
+            if names:
+                try:
+                    append_record(
+                        spool_dir(self.state_dir, "progress", sink + ".done"),
+                        "".join(n + "\n" for n in names).encode(),
+                    )
+                except OSError as exc:
+                    # Not fatal: without the lines these events are sent again after a restart.
+                    log.warning("cannot record delivery progress", sink=sink, error=str(exc))
         if remove is not None:
             remove(unlink)
             return
