@@ -35,16 +35,21 @@ if TYPE_CHECKING:
 WEBHOOK_BATCH = 100  # WebhookSink.max_batch: what one kill -9 may send twice
 
 
+def seq_doc(ltime: int) -> str:
+    """User event ``seq`` with this ltime, as the handler would capture it."""
+    environ = {
+        "SERF_EVENT": "user",
+        "SERF_USER_EVENT": "seq",
+        "SERF_USER_LTIME": str(ltime),
+        "SERF_SELF_NAME": "node-a",
+    }
+    return jsonenc.dumps(parse_event(environ, b"", 0))
+
+
 def capture(node: BridgeNode, sinks: list[str], count: int) -> list[str]:
     """``count`` user events (ltime 1..count) for ``sinks``; their entry names, in order."""
     for ltime in range(1, count + 1):
-        environ = {
-            "SERF_EVENT": "user",
-            "SERF_USER_EVENT": "seq",
-            "SERF_USER_LTIME": str(ltime),
-            "SERF_SELF_NAME": "node-a",
-        }
-        spool.capture(str(node.state), sinks, jsonenc.dumps(parse_event(environ, b"", 0)))
+        spool.capture(str(node.state), sinks, seq_doc(ltime))
     return spool_files(node, "incoming")
 
 
@@ -226,15 +231,7 @@ def test_progress_compaction_keeps_what_a_sink_finishes_meanwhile(tmp_path: Path
 
     node = BridgeNode(tmp_path, "n1")
     lines, finishing = 3000, ["a", "b", "c"]
-    docs = []
-    for ltime in range(1, lines + 1):
-        environ = {
-            "SERF_EVENT": "user",
-            "SERF_USER_EVENT": "seq",
-            "SERF_USER_LTIME": str(ltime),
-            "SERF_SELF_NAME": "node-a",
-        }
-        docs.append(([*finishing, "d"], jsonenc.dumps(parse_event(environ, b"", 0))))
+    docs = [([*finishing, "d"], seq_doc(ltime)) for ltime in range(1, lines + 1)]
     spool.capture_many(str(node.state), docs)
     ledger = Ledger(str(node.state))
     ledger.load_progress()
