@@ -122,11 +122,17 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def raise_events(addr: str, payloads: list[str]) -> tuple[float, dict[str, float]]:
+def raise_events(
+    addr: str, payloads: list[str], rate: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    """One ``event`` call per payload on one connection: as fast as the agent takes them, or
+    paced to ``rate`` per second."""
     sent: dict[str, float] = {}
     with SerfRPC(addr, timeout=30) as rpc:
         started = time.time()
-        for payload in payloads:
+        for k, payload in enumerate(payloads):
+            if rate and (ahead := started + k / rate - time.time()) > 0:
+                time.sleep(ahead)
             rpc.event("bench", payload.encode(), coalesce=False)
             sent[payload] = time.time()
     return started, sent
@@ -226,10 +232,13 @@ def print_table(
     rss: dict[str, float],
     n: int,
     rounds: int,
+    rate: float = 0.0,
 ) -> None:
     load = os.getloadavg()[0]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load:.1f}, "
-          f"{rounds} rounds of {n} events, medians of rounds\n")  # fmt: skip
+          f"{rounds} rounds of {n} events, medians of rounds"
+          + (f"; the rounds' events paced to {rate:g}/s (the agent row)" if rate else "")
+          + "\n")  # fmt: skip
     print("| path | events/s | x agent | received | in order | latency p50 / p90 ms | "
           "added p50 ms |")  # fmt: skip
     print("|---|---:|---:|---:|---|---:|---:|")
@@ -307,7 +316,7 @@ def run_rounds(
             deliverer = int((work / "stream/spool/deliver.pid").read_text())
             spies = [spy(relay.pid, args.profile / "relay.txt", 20),
                      spy(deliverer, args.profile / "deliverer.txt", 20)]  # fmt: skip
-        started, sent = raise_events(addr, payloads)
+        started, sent = raise_events(addr, payloads, args.rate)
         agent_rate = n / (max(sent.values()) - started)
         last, last_change = arrived(), time.monotonic()
         while min(last) < n and time.monotonic() - last_change < STALL:
@@ -362,6 +371,13 @@ def main() -> int:
     parser.add_argument(
         "--webhook-in-flight", type=int, default=1, help="the webhook's max_in_flight (1-32)"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="events/s raised in the rounds (default 0: as fast as the agent takes them); "
+        "below what the sinks keep up with, the added latency is the pipeline's own",
+    )
     args = parser.parse_args()
     args.sinks = tuple(s.strip() for s in args.sinks.split(",") if s.strip())
     if not args.sinks or set(args.sinks) - set(SINKS):
@@ -396,7 +412,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         tear_down([rserver, broker], work, keep=args.keep)
-    print_table(results, capture_rate, rss, n, args.rounds)
+    print_table(results, capture_rate, rss, n, args.rounds, args.rate)
     if args.profile:
         for name in ("relay-capture-only.txt", "relay.txt", "deliverer.txt"):
             if (args.profile / name).exists():
