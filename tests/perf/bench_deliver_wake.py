@@ -15,7 +15,7 @@ here is asserted by the tests.
 
 Usage::
 
-    python tests/perf/bench_deliver_wake.py [--events N] [--rounds R]
+    python tests/perf/bench_deliver_wake.py [--events N] [--rounds R] [--profile DIR]
                                             [--serfbridge CMD] [--reference LABEL=CMD ...]
 """
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from benchlib import profile_top
 
 
 class Receiver(ThreadingHTTPServer):
@@ -42,6 +46,9 @@ class Receiver(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     server: Receiver
+    # Keep-alive, as real webhook receivers do: the deliverer keeps its connection, curl
+    # opens one per run either way.
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -54,7 +61,10 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def one_row(cmd: list[str], receiver: Receiver, events: int) -> tuple[list[float], list[float]]:
+def one_row(
+    cmd: list[str], receiver: Receiver, events: int, profile: Path | None = None
+) -> tuple[list[float], list[float]]:
+    """One deliverer's events; ``profile``: py-spy (every thread) on it after the warm-ups."""
     with tempfile.TemporaryDirectory(prefix="bench-wake-") as tmp:
         root = Path(tmp)
         conf = root / "serfbridge.toml"
@@ -73,8 +83,12 @@ def one_row(cmd: list[str], receiver: Receiver, events: int) -> tuple[list[float
         }
         after_exit: list[float] = []
         after_start: list[float] = []
+        pid_file = root / "state" / "spool" / "deliver.pid"
+        spy: subprocess.Popen[bytes] | None = None
         try:
             for i in range(events + 2):  # two warm-ups: config compile, deliverer start
+                if i == 2 and profile is not None:
+                    spy = start_spy(int(pid_file.read_text()), profile)
                 env["SERF_USER_LTIME"] = str(i + 1)
                 before = len(receiver.arrivals)
                 start = time.monotonic()
@@ -90,12 +104,23 @@ def one_row(cmd: list[str], receiver: Receiver, events: int) -> tuple[list[float
                     after_start.append((receiver.arrivals[-1] - start) * 1000)
                 time.sleep(0.1)
         finally:
-            pid_file = root / "state" / "spool" / "deliver.pid"
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+                spy.wait(60)
             try:
                 os.kill(int(pid_file.read_text()), 9)
             except (OSError, ValueError):
                 pass
         return after_exit, after_start
+
+
+def start_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "400", "--threads",
+         "--nonblocking", "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -104,16 +129,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serfbridge", help="command under test (default: this venv's)")
     parser.add_argument("--reference", action="append", default=[], metavar="LABEL=CMD")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy each row's deliverer (first round)"
+    )
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     mine = shlex.split(args.serfbridge) if args.serfbridge else [sys.executable, "-m", "serfbridge"]
     rows = [("serfbridge", mine)]
     rows += [(ref.split("=", 1)[0], shlex.split(ref.split("=", 1)[1])) for ref in args.reference]
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     results: dict[str, tuple[list[float], list[float]]] = {label: ([], []) for label, _ in rows}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for label, cmd in rows:
-            after_exit, after_start = one_row(cmd, receiver, min(args.events, 500))
+            out = args.profile / f"deliverer-{label}.txt" if args.profile and r == 0 else None
+            after_exit, after_start = one_row(cmd, receiver, min(args.events, 500), out)
             results[label][0].extend(after_exit)
             results[label][1].extend(after_start)
     receiver.shutdown()
@@ -124,6 +155,10 @@ def main() -> int:
             f"{label:<14}{len(after_exit):>5}{statistics.median(after_exit):>23.1f}"
             f"{statistics.median(after_start):>24.1f}"
         )
+    for label, _ in rows if args.profile else ():
+        path = args.profile / f"deliverer-{label}.txt"
+        if path.exists():
+            print("\n" + profile_top(path))
     return 0
 
 

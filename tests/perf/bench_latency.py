@@ -100,6 +100,9 @@ class Receiver(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: Receiver
+    # Keep-alive, as real webhook receivers do: the deliverer keeps its connection, curl
+    # opens one per run either way.
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
