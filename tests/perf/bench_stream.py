@@ -378,6 +378,11 @@ def main() -> int:
         help="events/s raised in the rounds (default 0: as fast as the agent takes them); "
         "below what the sinks keep up with, the added latency is the pipeline's own",
     )
+    parser.add_argument(
+        "--mosquitto-nodelay",
+        action="store_true",
+        help="start mosquitto with set_tcp_nodelay true (its default is off)",
+    )
     args = parser.parse_args()
     args.sinks = tuple(s.strip() for s in args.sinks.split(",") if s.strip())
     if not args.sinks or set(args.sinks) - set(SINKS):
@@ -387,7 +392,8 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     collector = Collector()
     rserver = RedisServer(work / "redis")
-    broker = Mosquitto(work / "mqtt", extra_config=["max_queued_messages 0"])
+    nodelay = ["set_tcp_nodelay true"] if args.mosquitto_nodelay else []
+    broker = Mosquitto(work / "mqtt", extra_config=["max_queued_messages 0", *nodelay])
     results: dict[str, list[dict[str, float]]] = {}
     rss: dict[str, float] = {}
     capture_rate = 0.0
