@@ -113,7 +113,7 @@ def _purge_waiting(state: str, args: argparse.Namespace) -> int:
     for sink, items in _selected(state, args).items():
         for name, path, from_incoming in items:
             if from_incoming:
-                append_record(spool_dir(state, "progress", sink + ".done"), (name + "\n").encode())
+                append_record(stats.progress_path(state, sink), (name + "\n").encode())
             else:
                 os.unlink(path)
             removed += 1

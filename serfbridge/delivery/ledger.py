@@ -60,6 +60,8 @@ class Ledger:
         # Held around every write of a progress file: a sink's append between the
         # compaction's snapshot and its rename would be replaced by the rewrite, and a
         # restart would send those names again. Taken before ``lock``, never inside it.
+        # An append holds only this one, just for the write: what matters is that it never
+        # lands in a file the rewrite then replaces.
         self.progress_lock = threading.Lock()
         self.entries: dict[str, Entry] = {}
         self.pending: dict[str, list[Item]] = {}
@@ -90,7 +92,7 @@ class Ledger:
                     self.done[sink] &= live
                 keep = {s: sorted(d) for s, d in self.done.items()}
             for sink, names in keep.items():
-                path = spool_dir(self.state_dir, "progress", sink + ".done")
+                path = stats.progress_path(self.state_dir, sink)
                 try:
                     write_atomic(path, "".join(n + "\n" for n in names).encode(), durable=False)
                 except OSError as exc:
@@ -309,18 +311,18 @@ class Ledger:
         of being sent again."""
         if not items:
             return
-        with self.progress_lock:
-            with self.lock:
-                names, unlink = self._finish_locked(sink, items)
-            if names:
-                try:
+        with self.lock:
+            names, unlink = self._finish_locked(sink, items)
+        if names:
+            try:
+                with self.progress_lock:
                     append_record(
-                        spool_dir(self.state_dir, "progress", sink + ".done"),
+                        stats.progress_path(self.state_dir, sink),
                         "".join(n + "\n" for n in names).encode(),
                     )
-                except OSError as exc:
-                    # Not fatal: without the lines these events are sent again after a restart.
-                    log.warning("cannot record delivery progress", sink=sink, error=str(exc))
+            except OSError as exc:
+                # Not fatal: without the lines these events are sent again after a restart.
+                log.warning("cannot record delivery progress", sink=sink, error=str(exc))
         if remove is not None:
             remove(unlink)
             return

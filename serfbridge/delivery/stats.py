@@ -92,10 +92,15 @@ def json_names(directory: str) -> list[str]:
     return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
 
 
+def progress_path(state_dir: str, sink: str) -> str:
+    """``spool/progress/<sink>.done``: the entry names of ``incoming/`` the sink finished."""
+    return spool_dir(state_dir, "progress", sink + ".done")
+
+
 def read_done(state_dir: str, sink: str) -> set[str]:
-    """Entry names of ``incoming/`` this sink has finished (spool/progress/<sink>.done)."""
+    """Entry names of ``incoming/`` this sink has finished (``progress_path``)."""
     try:
-        with open(spool_dir(state_dir, "progress", sink + ".done"), "rb") as fh:
+        with open(progress_path(state_dir, sink), "rb") as fh:
             return {line.decode("ascii", "replace") for line in fh.read().split(b"\n") if line}
     except OSError:
         return set()
