@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchlib import profile_top
+from benchlib import profile_top, py_spy
 
 
 class Receiver(ThreadingHTTPServer):
@@ -88,7 +87,7 @@ def one_row(
         try:
             for i in range(events + 2):  # two warm-ups: config compile, deliverer start
                 if i == 2 and profile is not None:
-                    spy = start_spy(int(pid_file.read_text()), profile)
+                    spy = py_spy(int(pid_file.read_text()), profile, rate=400, threads=True)
                 env["SERF_USER_LTIME"] = str(i + 1)
                 before = len(receiver.arrivals)
                 start = time.monotonic()
@@ -112,15 +111,6 @@ def one_row(
             except (OSError, ValueError):
                 pass
         return after_exit, after_start
-
-
-def start_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "400", "--threads",
-         "--nonblocking", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def main() -> int:

@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import os
 import shlex
@@ -50,6 +49,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -127,11 +127,8 @@ def _seq(body: bytes) -> tuple[int, float | None]:
     if not text.startswith("{"):
         return int(text), None
     doc = json.loads(text)
-    stamp = str(doc.get("received_at", ""))
-    when = None
-    if stamp.endswith("Z") and "." in stamp:
-        whole, _, frac = stamp[:-1].partition(".")
-        when = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(frac) / 1000
+    stamp = doc.get("received_at")
+    when = datetime.fromisoformat(stamp).timestamp() if isinstance(stamp, str) else None
     return int(str(doc.get("payload", "")).strip()), when
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from bench_relay import start_agent
 from benchlib import (
     Collector,
     profile_top,
+    py_spy,
     serfbridge_argv,
     serfbridge_env,
     tear_down,
@@ -102,16 +102,6 @@ def redis_arrivals(url: str) -> list[tuple[str, float]]:
     return out
 
 
-def spy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """py-spy attached to ``pid`` for ``seconds`` (every thread, collapsed stacks)."""
-    binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-         "--nonblocking", "--duration", str(int(seconds)), "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -171,7 +161,11 @@ def capture_only(work: Path, setup: Setup, n: int, profile: Path | None) -> floa
             raise_events(addr, [f"warm-{time.time()}"])
             time.sleep(1)
         before = entries()
-        spies = [spy(relay.pid, profile / "relay-capture-only.txt", 10)] if profile else []
+        spies = (
+            [py_spy(relay.pid, profile / "relay-capture-only.txt", rate=200, seconds=10)]
+            if profile
+            else []
+        )
         started, _ = raise_events(addr, [f"c-{i}" for i in range(n)])
         last, last_change = entries(), time.time()
         while last < before + n and time.time() - last_change < STALL:
@@ -280,13 +274,15 @@ def run_rounds(
     setup = Setup(addr, http_port, rserver.url, broker.port, args.sinks, args.webhook_in_flight)
     capture_rate = capture_only(work, setup, n, args.profile)
     config = write_config(work, setup)
-    wanted = [SINKS.index(sink) for sink in args.sinks]
     with (work / "relay.log").open("wb") as log:
         relay = subprocess.Popen(
             serfbridge_argv(config, "relay"),
             env=serfbridge_env(), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     procs.append(relay)
+    hook = "webhook"
+    if args.webhook_in_flight != 1:
+        hook += f", max_in_flight = {args.webhook_in_flight}"
 
     def arrived() -> tuple[int, ...]:
         """What each configured sink received so far, in ``args.sinks`` order."""
@@ -296,8 +292,8 @@ def run_rounds(
             xlen = int(client.xlen("bench"))
         finally:
             client.close()
-        counts = (http, xlen, mqtt)
-        return tuple(counts[k] for k in wanted)
+        counts = {"webhook": http, "redis": xlen, "mqtt": mqtt}
+        return tuple(counts[sink] for sink in args.sinks)
 
     # Warm-up: the subscription, the deliverer, the sinks' connections.
     deadline = time.monotonic() + 60
@@ -314,8 +310,9 @@ def run_rounds(
         if args.profile and r == 0:
             args.profile.mkdir(parents=True, exist_ok=True)
             deliverer = int((work / "stream/spool/deliver.pid").read_text())
-            spies = [spy(relay.pid, args.profile / "relay.txt", 20),
-                     spy(deliverer, args.profile / "deliverer.txt", 20)]  # fmt: skip
+            spies = [py_spy(relay.pid, args.profile / "relay.txt", rate=200, seconds=20),
+                     py_spy(deliverer, args.profile / "deliverer.txt", rate=200,
+                            seconds=20)]  # fmt: skip
         started, sent = raise_events(addr, payloads, args.rate)
         agent_rate = n / (max(sent.values()) - started)
         last, last_change = arrived(), time.monotonic()
@@ -330,11 +327,6 @@ def run_rounds(
             "redis": redis_arrivals(rserver.url),
             "mqtt": [(p, t) for _, p, t in received["mqtt"]],
         }
-        hook = (
-            "webhook"
-            if args.webhook_in_flight == 1
-            else (f"webhook, max_in_flight = {args.webhook_in_flight}")
-        )
         channels = {"bare RPC stream subscriber": [(p, t) for _, p, t in received["serf"]]}
         for sink in args.sinks:
             channels[f"relay -> {hook if sink == 'webhook' else sink}"] = by_sink[sink]

@@ -136,14 +136,18 @@ def run_measured(argv: list[str], log: Path, source: str | None = None) -> Run:
     )
 
 
+def py_spy_binary() -> str:
+    """py-spy on PATH, else the one installed beside this interpreter."""
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+
 def serfbridge_argv(config: Path, *command: str, profile: Path | None = None) -> list[str]:
     """``python -m serfbridge``; with ``profile``, under ``py-spy record`` (every thread,
     collapsed stacks, so ``profile_top`` can sum them)."""
     argv = [sys.executable, "-m", "serfbridge", "--config", str(config), *command]
     if profile is None:
         return argv
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking",
+    return [py_spy_binary(), "record", "--format", "raw", "--rate", "200", "--nonblocking",
             "-o", str(profile), "--", *argv]  # fmt: skip
 
 
@@ -204,6 +208,18 @@ def install_deb(deb: str, root: Path, label: str = "") -> list[tuple[str, str]]:
     host); (row label, path) per row."""
     install(Path(os.path.abspath(deb)), root)
     return [(row, str(root / rel)) for row, rel in deb_labels(label).items()]
+
+
+def py_spy(
+    pid: int, out: Path, *, rate: int, seconds: float | None = None, threads: bool = False
+) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` into ``out`` (collapsed stacks): for ``seconds``, or until
+    it gets SIGINT (it writes the profile then); ``threads`` names each thread's stacks."""
+    argv = [py_spy_binary(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate)]
+    argv += ["--nonblocking", "-o", str(out)]
+    argv += ["--duration", str(int(seconds))] if seconds is not None else []
+    argv += ["--threads"] if threads else []
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def tear_down(servers: list[Any], work: Path, *, keep: bool) -> None:
